@@ -1,0 +1,9 @@
+/* The cmamba subcommands; each returns the process exit code. */
+#ifndef CM_COMMANDS_H
+#define CM_COMMANDS_H
+
+int cmd_generate(int argc, char **argv);
+int cmd_forward(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+
+#endif

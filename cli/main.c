@@ -1,0 +1,42 @@
+/* cmamba: one binary, one subcommand per job. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cmamba.h"
+#include "commands.h"
+
+static const struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} commands[] = {
+    {"generate", cmd_generate, "generate text from a prompt"},
+    {"forward", cmd_forward, "write the logits of every position of a sequence"},
+    {"tokenize", cmd_tokenize, "text to token ids, or ids to text with --decode"},
+};
+
+static void usage(FILE *out) {
+    fprintf(out, "usage: cmamba <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out, "\n'cmamba <command> --help' describes each; 'cmamba --version' the build.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("cmamba %s (backends: %s)\n", CMAMBA_VERSION, cmamba_backends());
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "cmamba: unknown command '%s' (see cmamba --help)\n", argv[1]);
+    return 2;
+}
