@@ -187,3 +187,28 @@ char *cm_path_join(const char *dir, const char *name) {
     memcpy(p + k, name, b + 1);
     return p;
 }
+
+int cm_utf8_char(const unsigned char *s, size_t n) {
+    const unsigned char c = s[0];
+    if (c < 0x80) return 1;
+    int len;
+    unsigned char lo = 0x80, hi = 0xbf; /* allowed range of the second byte */
+    if (c >= 0xc2 && c <= 0xdf) len = 2;
+    else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        if (c == 0xe0) lo = 0xa0;      /* no overlong forms */
+        else if (c == 0xed) hi = 0x9f; /* no surrogates */
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        if (c == 0xf0) lo = 0x90;
+        else if (c == 0xf4) hi = 0x8f; /* nothing above U+10FFFF */
+    } else {
+        return -1;
+    }
+    for (int i = 1; i < len; i++) {
+        if ((size_t)i >= n) return 0;
+        unsigned char min = i == 1 ? lo : 0x80, max = i == 1 ? hi : 0xbf;
+        if (s[i] < min || s[i] > max) return -i;
+    }
+    return len;
+}

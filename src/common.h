@@ -44,3 +44,9 @@ void cm_atomic_abort(cm_atomic_file *f);                      /* frees f, remove
 char *cm_path_join(const char *dir, const char *name);
 
 #endif
+
+/* The UTF-8 character at s[0..n): its length (1-4) if valid and complete;
+ * 0 if s is a valid prefix cut short by n; −k if invalid, k being the
+ * maximal subpart that one U+FFFD replaces (as Rust's from_utf8_lossy and
+ * so HF tokenizers' decode do). n must be > 0. */
+int cm_utf8_char(const unsigned char *s, size_t n);

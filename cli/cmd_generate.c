@@ -1,0 +1,218 @@
+/* cmamba generate: prompt processing through the selective scan, then one
+ * recurrent step per generated token, streaming text as it comes. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "args.h"
+#include "cmamba.h"
+#include "commands.h"
+#include "common.h"
+
+static const char *usage =
+    "usage: cmamba generate --model DIR (--prompt TEXT | --ids 1,2,3) [options]\n"
+    "\n"
+    "  --model DIR         checkpoint folder\n"
+    "  --prompt TEXT       prompt text (tokenized with the model's tokenizer.json)\n"
+    "  --ids LIST          prompt as comma-separated token ids instead\n"
+    "  --tokenizer FILE    tokenizer.json to use instead of DIR/tokenizer.json\n"
+    "  -n N                tokens to generate (default 64)\n"
+    "  --temperature T     0 = greedy (default 1.0)\n"
+    "  --top-k K           keep the K most likely tokens (default 0 = all)\n"
+    "  --top-p P           keep the smallest set with probability >= P (default 1.0)\n"
+    "  --seed S            sampling seed (default 1234)\n"
+    "  --print-ids         print the generated ids (not the prompt's) on stdout\n"
+    "  --ignore-eos        do not stop at the end-of-text token\n"
+    "  --quiet             no timing line on stderr\n"
+    "\n"
+    "Stops after N tokens or at the tokenizer's end-of-text token. Prompt and\n"
+    "generation speed (tokens/s) go to stderr at the end.\n";
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Writes the complete UTF-8 characters of buf[0..n) (invalid bytes as
+ * U+FFFD) and returns how many bytes were used; an unfinished character at
+ * the end waits for the next token unless `final`. */
+static size_t emit_utf8(const unsigned char *buf, size_t n, int final) {
+    size_t i = 0;
+    while (i < n) {
+        int k = cm_utf8_char(buf + i, n - i);
+        if (k > 0) {
+            fwrite(buf + i, 1, (size_t)k, stdout);
+            i += (size_t)k;
+        } else if (k == 0 && !final) {
+            break;
+        } else {
+            fputs("\xef\xbf\xbd", stdout);
+            i += k < 0 ? (size_t)-k : n - i;
+        }
+    }
+    fflush(stdout);
+    return i;
+}
+
+typedef struct {
+    const char *model_dir, *prompt, *ids_arg, *tokenizer_path;
+    long n_gen;
+    cmamba_sampling sampling;
+    int print_ids, ignore_eos, quiet;
+} options;
+
+static int parse(int argc, char **argv, options *o) {
+    double v;
+    long k;
+    *o = (options){.n_gen = 64, .sampling = {.temperature = 1.0f, .top_p = 1.0f, .seed = 1234}};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *val;
+#define VALUE() if (!(val = arg_value("generate", argc, argv, &i))) return -1
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(usage, stdout); exit(0); }
+        else if (arg_is(a, "--model")) { VALUE(); o->model_dir = val; }
+        else if (arg_is(a, "--prompt")) { VALUE(); o->prompt = val; }
+        else if (arg_is(a, "--ids")) { VALUE(); o->ids_arg = val; }
+        else if (arg_is(a, "--tokenizer")) { VALUE(); o->tokenizer_path = val; }
+        else if (arg_is(a, "-n")) { VALUE(); if (arg_int("generate", "-n", val, 0, 100000000, &o->n_gen)) return -1; }
+        else if (arg_is(a, "--temperature")) {
+            VALUE();
+            if (arg_float("generate", "--temperature", val, 0, 1e6, &v)) return -1;
+            o->sampling.temperature = (float)v;
+        } else if (arg_is(a, "--top-k")) {
+            VALUE();
+            if (arg_int("generate", "--top-k", val, 0, 1L << 30, &k)) return -1;
+            o->sampling.top_k = (int)k;
+        } else if (arg_is(a, "--top-p")) {
+            VALUE();
+            if (arg_float("generate", "--top-p", val, 1e-9, 1, &v)) return -1;
+            o->sampling.top_p = (float)v;
+        } else if (arg_is(a, "--seed")) { VALUE(); if (arg_u64("generate", "--seed", val, &o->sampling.seed)) return -1; }
+        else if (!strcmp(a, "--print-ids")) o->print_ids = 1;
+        else if (!strcmp(a, "--ignore-eos")) o->ignore_eos = 1;
+        else if (!strcmp(a, "--quiet")) o->quiet = 1;
+        else die_usage("generate", "unknown option '%s'", a);
+#undef VALUE
+    }
+    if (!o->model_dir) die_usage("generate", "--model is required");
+    if (!o->prompt == !o->ids_arg) die_usage("generate", "give exactly one of --prompt and --ids");
+    return 0;
+}
+
+/* The tokenizer: --tokenizer, else DIR/tokenizer.json if it exists (NULL
+ * without error when absent and not needed for a prompt text). */
+static int load_tokenizer(const options *o, cmamba_tokenizer **tok, cmamba_error *err) {
+    *tok = NULL;
+    char *path = o->tokenizer_path ? strdup(o->tokenizer_path)
+                                   : cm_path_join(o->model_dir, "tokenizer.json");
+    if (!path) return cm_fail(err, "out of memory");
+    struct stat st;
+    int rc = 0;
+    if (o->tokenizer_path || stat(path, &st) == 0)
+        rc = cmamba_tokenizer_load(path, tok, err);
+    else if (o->prompt)
+        rc = cm_fail(err, "%s: not found (a text prompt needs a tokenizer; use --tokenizer FILE)",
+                     path);
+    free(path);
+    return rc;
+}
+
+int cmd_generate(int argc, char **argv) {
+    options o;
+    if (parse(argc, argv, &o)) return 2;
+
+    cmamba_error err;
+    cmamba_model *model = NULL;
+    cmamba_tokenizer *tok = NULL;
+    cmamba_state *state = NULL;
+    cmamba_sampler *sampler = NULL;
+    int32_t *prompt = NULL;
+    size_t n_prompt = 0;
+    float *logits = NULL;
+    unsigned char *pending = NULL;
+    size_t n_pending = 0;
+    int rc = 1;
+
+    if (cmamba_model_load(o.model_dir, &model, &err) || load_tokenizer(&o, &tok, &err)) goto fail;
+    const int V = cmamba_model_config(model)->vocab_size;
+    if (o.prompt) {
+        if (cmamba_tokenize(tok, o.prompt, strlen(o.prompt), &prompt, &n_prompt, &err)) {
+            fprintf(stderr, "cmamba generate: --prompt: %s\n", err.msg);
+            goto done;
+        }
+    } else if (arg_ids("generate", "--ids", o.ids_arg, V, &prompt, &n_prompt)) {
+        goto done;
+    }
+    const int32_t eos = tok && !o.ignore_eos ? cmamba_tokenizer_eos(tok) : -1;
+    if (n_prompt == 0) {
+        /* Mamba has no BOS token; an empty prompt starts after end-of-text */
+        if (eos < 0) {
+            fprintf(stderr, "cmamba generate: --prompt: the prompt is empty\n");
+            goto done;
+        }
+        free(prompt);
+        if (!(prompt = cm_malloc(sizeof *prompt, &err))) goto fail;
+        prompt[0] = eos;
+        n_prompt = 1;
+    }
+    if (!(logits = cm_malloc(sizeof(float) * (size_t)V, &err)) ||
+        cmamba_state_new(model, &state, &err) ||
+        cmamba_sampler_new(&o.sampling, V, &sampler, &err))
+        goto fail;
+
+    if (o.prompt && !o.print_ids) {
+        fputs(o.prompt, stdout);
+        fflush(stdout);
+    }
+    double t0 = now_s();
+    if (cmamba_forward(model, state, prompt, n_prompt, logits, 0, &err)) goto fail;
+    double t1 = now_s();
+    long n_done = 0;
+    for (; n_done < o.n_gen; n_done++) {
+        int32_t id = cmamba_sample(sampler, logits);
+        if (id == eos) break;
+        if (o.print_ids) {
+            printf(n_done ? " %d" : "%d", (int)id);
+            fflush(stdout);
+        } else if (tok) {
+            size_t len;
+            const char *bytes = cmamba_token_bytes(tok, id, &len);
+            if (bytes && len) {
+                unsigned char *grown = realloc(pending, n_pending + len);
+                if (!grown) { cm_fail(&err, "out of memory"); goto fail; }
+                pending = grown;
+                memcpy(pending + n_pending, bytes, len);
+                n_pending += len;
+                size_t used = emit_utf8(pending, n_pending, 0);
+                memmove(pending, pending + used, n_pending - used);
+                n_pending -= used;
+            }
+        } else {
+            printf(n_done ? " %d" : "%d", (int)id);
+        }
+        if (n_done + 1 < o.n_gen && cmamba_step(model, state, id, logits, &err)) goto fail;
+    }
+    if (n_pending) emit_utf8(pending, n_pending, 1);
+    double t2 = now_s();
+    putchar('\n');
+    fflush(stdout);
+    if (!o.quiet)
+        fprintf(stderr, "prompt: %zu tokens, %.1f tokens/s | generation: %ld tokens, %.1f tokens/s\n",
+                n_prompt, (double)n_prompt / (t1 - t0), n_done,
+                n_done ? (double)n_done / (t2 - t1) : 0.0);
+    rc = 0;
+    goto done;
+fail:
+    fprintf(stderr, "cmamba generate: %s\n", err.msg);
+done:
+    free(pending);
+    free(logits);
+    free(prompt);
+    cmamba_sampler_free(sampler);
+    cmamba_state_free(state);
+    cmamba_tokenizer_free(tok);
+    cmamba_model_free(model);
+    return rc;
+}

@@ -1,0 +1,120 @@
+/* The Mamba mixer (SPEC.md "One Mamba block"), two ways: over a whole
+ * sequence with the selective scan, and one token at a time as a
+ * recurrence. Both continue from and update the same per-layer state. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "model/model.h"
+#include "model/ops.h"
+#include "ssm/selective_scan.h"
+
+int cm_block_scratch_init(cm_block_scratch *s, const cmamba_config *cfg, int cap,
+                          cmamba_error *err) {
+    const size_t di = (size_t)cfg->d_inner, dbc = (size_t)cfg->dt_rank + 2 * cfg->d_state;
+    memset(s, 0, sizeof *s);
+    s->cap = cap;
+    s->xz = cm_malloc(sizeof(float) * cap * 2 * di, err);
+    s->xc = cm_malloc(sizeof(float) * cap * di, err);
+    s->xdbc = cm_malloc(sizeof(float) * cap * dbc, err);
+    s->delta = cm_malloc(sizeof(float) * cap * di, err);
+    s->y = cm_malloc(sizeof(float) * cap * di, err);
+    if (!s->xz || !s->xc || !s->xdbc || !s->delta || !s->y) {
+        cm_block_scratch_free(s);
+        return -1;
+    }
+    return 0;
+}
+
+void cm_block_scratch_free(cm_block_scratch *s) {
+    free(s->xz); free(s->xc); free(s->xdbc); free(s->delta); free(s->y);
+    memset(s, 0, sizeof *s);
+}
+
+/* Steps 4-5: [δ | B | C] = x·W_xᵀ, then Δ = softplus(δ·W_dtᵀ + b_dt). */
+static void project_delta(const cmamba_config *cfg, const cm_layer *w, int L,
+                          cm_block_scratch *s) {
+    const int di = cfg->d_inner, R = cfg->dt_rank, dbc = R + 2 * cfg->d_state;
+    cm_linear(s->xdbc, s->xc, w->x_proj_w, NULL, L, di, dbc);
+    for (int t = 0; t < L; t++) {
+        const float *dlow = s->xdbc + (size_t)t * dbc;
+        for (int c = 0; c < di; c++) {
+            const float *wc = w->dt_proj_w + (size_t)c * R;
+            float acc = w->dt_proj_b[c];
+            for (int r = 0; r < R; r++) acc += dlow[r] * wc[r];
+            s->delta[(size_t)t * di + c] = cm_softplus(acc);
+        }
+    }
+}
+
+/* Steps 6-10 from Δ, B, C onward: scan, D skip, z gate, out_proj. */
+static void scan_and_project_out(const cmamba_config *cfg, const cm_layer *w, int L,
+                                 float *ssm_state, cm_block_scratch *s, float *out) {
+    const int di = cfg->d_inner, R = cfg->dt_rank, N = cfg->d_state, dbc = R + 2 * N;
+    cm_scan_args a = {
+        .L = L, .d_inner = di, .d_state = N,
+        .x = s->xc, .delta = s->delta, .A = w->A,
+        .B = s->xdbc + R, .C = s->xdbc + R + N, .bc_stride = dbc,
+        .D = w->D, .z = s->xz + di, .z_stride = 2 * di,
+    };
+    cm_selective_scan(&a, ssm_state, s->y);
+    cm_linear(out, s->y, w->out_proj_w, w->out_proj_b, L, di, cfg->d_model);
+}
+
+void cm_mixer_forward(const cmamba_config *cfg, const cm_layer *w, const float *u, int L,
+                      float *conv_state, float *ssm_state, cm_block_scratch *s, float *out) {
+    const int di = cfg->d_inner, K = cfg->d_conv;
+
+    /* 1. [x | z] = u·W_inᵀ + b_in */
+    cm_linear(s->xz, u, w->in_proj_w, w->in_proj_b, L, cfg->d_model, 2 * di);
+
+    /* 2-3. causal depthwise conv over time, then silu. Inputs before this
+     * chunk come from the conv state (zeros at the sequence start). */
+    for (int c = 0; c < di; c++) {
+        const float *wc = w->conv_w + (size_t)c * K, *prev = conv_state + (size_t)c * (K - 1);
+        for (int t = 0; t < L; t++) {
+            float acc = w->conv_b ? w->conv_b[c] : 0.0f;
+            for (int k = 0; k < K; k++) {
+                int src = t - K + 1 + k;
+                acc += wc[k] * (src >= 0 ? s->xz[(size_t)src * 2 * di + c] : prev[K - 1 + src]);
+            }
+            s->xc[(size_t)t * di + c] = cm_silu(acc);
+        }
+    }
+    /* keep the last K−1 conv inputs of (old state ++ this chunk) */
+    for (int c = 0; c < di; c++) {
+        float *prev = conv_state + (size_t)c * (K - 1);
+        for (int j = 0; j < K - 1; j++) {
+            int src = L - (K - 1) + j; /* index in this chunk */
+            prev[j] = src >= 0 ? s->xz[(size_t)src * 2 * di + c] : prev[j + L];
+        }
+    }
+
+    project_delta(cfg, w, L, s);
+    scan_and_project_out(cfg, w, L, ssm_state, s, out);
+}
+
+void cm_mixer_step(const cmamba_config *cfg, const cm_layer *w, const float *u,
+                   float *conv_state, float *ssm_state, cm_block_scratch *s, float *out) {
+    const int di = cfg->d_inner, K = cfg->d_conv;
+
+    cm_linear(s->xz, u, w->in_proj_w, w->in_proj_b, 1, cfg->d_model, 2 * di);
+
+    /* The conv window is (state ++ x): dot it with the filter, then slide it. */
+    for (int c = 0; c < di; c++) {
+        const float *wc = w->conv_w + (size_t)c * K;
+        float *prev = conv_state + (size_t)c * (K - 1);
+        const float x = s->xz[c];
+        float acc = w->conv_b ? w->conv_b[c] : 0.0f;
+        for (int k = 0; k < K - 1; k++) acc += wc[k] * prev[k];
+        acc += wc[K - 1] * x;
+        s->xc[c] = cm_silu(acc);
+        if (K > 1) {
+            memmove(prev, prev + 1, sizeof(float) * (K - 2));
+            prev[K - 2] = x;
+        }
+    }
+
+    project_delta(cfg, w, 1, s);
+    scan_and_project_out(cfg, w, 1, ssm_state, s, out);
+}

@@ -1,0 +1,82 @@
+/* The in-memory Mamba language model: config, per-layer weights, state. */
+#ifndef CM_MODEL_H
+#define CM_MODEL_H
+
+#include "cmamba.h"
+#include "io/tensors.h"
+
+/* Weights of one residual block, fp32, shapes from SPEC.md. Pointers go
+ * into the checkpoint's mapping when it stores aligned fp32, else into
+ * buffers the model owns. Optional tensors are NULL when absent. */
+typedef struct {
+    const float *norm;       /* (d_model)                  */
+    const float *in_proj_w;  /* (2·d_inner, d_model)       */
+    const float *in_proj_b;  /* (2·d_inner)      use_bias  */
+    const float *conv_w;     /* (d_inner, 1, d_conv)       */
+    const float *conv_b;     /* (d_inner)   use_conv_bias  */
+    const float *x_proj_w;   /* (dt_rank + 2·d_state, d_inner) */
+    const float *dt_proj_w;  /* (d_inner, dt_rank)         */
+    const float *dt_proj_b;  /* (d_inner)                  */
+    const float *A_log;      /* (d_inner, d_state)         */
+    const float *D;          /* (d_inner)                  */
+    const float *out_proj_w; /* (d_model, d_inner)         */
+    const float *out_proj_b; /* (d_model)        use_bias  */
+    float *A;                /* −exp(A_log), computed once at load */
+} cm_layer;
+
+struct cmamba_model {
+    cmamba_config cfg;
+    const float *embedding; /* (vocab_size, d_model) */
+    const float *norm_f;    /* (d_model) */
+    const float *lm_head;   /* (vocab_size, d_model); == embedding when tied */
+    cm_layer *layers;       /* n_layer */
+    cm_tensor_set *tensors; /* the mapped checkpoint */
+    void **owned;           /* converted or realigned copies */
+    size_t n_owned;
+};
+
+/* Per layer l: conv state at conv + l·d_inner·(d_conv−1), holding for each
+ * channel its last d_conv−1 conv inputs, oldest first; SSM state at
+ * ssm + l·d_inner·d_state. */
+struct cmamba_state {
+    cmamba_config cfg;
+    float *conv;
+    float *ssm;
+};
+
+static inline float *cm_state_conv(const cmamba_state *s, int layer) {
+    return s->conv + (size_t)layer * s->cfg.d_inner * (s->cfg.d_conv - 1);
+}
+static inline float *cm_state_ssm(const cmamba_state *s, int layer) {
+    return s->ssm + (size_t)layer * s->cfg.d_inner * s->cfg.d_state;
+}
+
+/* Loads and checks every weight of cfg's shape from an open tensor set;
+ * dir names the checkpoint in messages. */
+int cm_model_bind_weights(cmamba_model *m, const char *dir, cmamba_error *err);
+
+/* Activations for up to `cap` tokens of one block. */
+typedef struct {
+    int cap;
+    float *xz;    /* (cap, 2·d_inner)  [x | z] from in_proj        */
+    float *xc;    /* (cap, d_inner)    x after conv and silu        */
+    float *xdbc;  /* (cap, dt_rank + 2·d_state)  [δ | B | C]        */
+    float *delta; /* (cap, d_inner)    Δ                            */
+    float *y;     /* (cap, d_inner)    scan output, gated           */
+} cm_block_scratch;
+
+int cm_block_scratch_init(cm_block_scratch *s, const cmamba_config *cfg, int cap,
+                          cmamba_error *err);
+void cm_block_scratch_free(cm_block_scratch *s);
+
+/* out (L, d_model) = mixer(u (L, d_model)), continuing from and updating the
+ * layer's conv and SSM states. L ≤ scratch->cap. */
+void cm_mixer_forward(const cmamba_config *cfg, const cm_layer *w, const float *u, int L,
+                      float *conv_state, float *ssm_state, cm_block_scratch *s, float *out);
+
+/* The same function for one token, as a recurrence: shift the conv window,
+ * update h once. */
+void cm_mixer_step(const cmamba_config *cfg, const cm_layer *w, const float *u,
+                   float *conv_state, float *ssm_state, cm_block_scratch *s, float *out);
+
+#endif
