@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -135,7 +136,9 @@ int cmd_generate(int argc, char **argv) {
     size_t n_pending = 0;
     int rc = 1;
 
+    double t_load = now_s();
     if (cmamba_model_load(o.model_dir, &model, &err) || load_tokenizer(&o, &tok, &err)) goto fail;
+    t_load = now_s() - t_load;
     const int V = cmamba_model_config(model)->vocab_size;
     if (o.prompt) {
         if (cmamba_tokenize(tok, o.prompt, strlen(o.prompt), &prompt, &n_prompt, &err)) {
@@ -198,10 +201,15 @@ int cmd_generate(int argc, char **argv) {
     double t2 = now_s();
     putchar('\n');
     fflush(stdout);
-    if (!o.quiet)
-        fprintf(stderr, "prompt: %zu tokens, %.1f tokens/s | generation: %ld tokens, %.1f tokens/s\n",
-                n_prompt, (double)n_prompt / (t1 - t0), n_done,
-                n_done ? (double)n_done / (t2 - t1) : 0.0);
+    if (!o.quiet) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        fprintf(stderr,
+                "load: %.3f s | prompt: %zu tokens, %.1f tokens/s | generation: %ld tokens, "
+                "%.1f tokens/s | peak RSS: %.1f MiB\n",
+                t_load, n_prompt, (double)n_prompt / (t1 - t0), n_done,
+                n_done ? (double)n_done / (t2 - t1) : 0.0, (double)ru.ru_maxrss / 1024.0);
+    }
     rc = 0;
     goto done;
 fail:

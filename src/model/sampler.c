@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "common.h"
+#include "rng.h"
 
 typedef struct {
     float p;
@@ -42,16 +43,6 @@ void cmamba_sampler_free(cmamba_sampler *s) {
     free(s);
 }
 
-/* splitmix64: tiny, well-mixed, and the same on every platform */
-static uint64_t next_u64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static double uniform01(uint64_t *x) { return (double)(next_u64(x) >> 11) * 0x1.0p-53; }
-
 static int by_prob_desc(const void *a, const void *b) {
     const candidate *x = a, *y = b;
     if (x->p != y->p) return x->p < y->p ? 1 : -1;
@@ -89,7 +80,7 @@ int32_t cmamba_sample(cmamba_sampler *s, float *logits) {
             sum = cum;
         }
     }
-    double r = uniform01(&s->rng) * sum, cum = 0;
+    double r = cm_rng_uniform(&s->rng) * sum, cum = 0;
     for (int i = 0; i < n; i++) {
         cum += s->cand[i].p;
         if (r < cum) return s->cand[i].id;

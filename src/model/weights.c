@@ -1,8 +1,9 @@
 /* Binds checkpoint tensors to the model's weights, checking every name,
  * shape and dtype against the config. Aligned fp32 tensors are used in
- * place (the mapping is the working set); f16/bf16/f64 are converted. */
+ * place (the mapping is the working set); f16/bf16/f64 are converted.
+ * Tensors the config does not ask for (a stray bias, a tied model's
+ * lm_head) are ignored, as transformers does. */
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,20 +11,13 @@
 
 #include "common.h"
 #include "model/model.h"
+#include "model/params.h"
 
-typedef struct {
-    cmamba_model *m;
-    const char *dir;
-    cmamba_error *err;
-    int failed;
-} binder;
-
-static float *own(binder *b, size_t n_floats) {
-    cmamba_model *m = b->m;
+static float *own(cmamba_model *m, size_t n_floats, cmamba_error *err) {
     void **grown = realloc(m->owned, sizeof *grown * (m->n_owned + 1));
-    if (!grown) { cm_fail(b->err, "%s: out of memory", b->dir); return NULL; }
+    if (!grown) { cm_fail(err, "out of memory"); return NULL; }
     m->owned = grown;
-    float *p = cm_malloc(sizeof(float) * n_floats, b->err);
+    float *p = cm_malloc(sizeof(float) * n_floats, err);
     if (p) m->owned[m->n_owned++] = p;
     return p;
 }
@@ -35,105 +29,92 @@ static void format_shape(char *buf, size_t cap, int ndim, const int64_t *shape) 
     if (k < cap) snprintf(buf + k, cap - k, "]");
 }
 
-/* The tensor `name` as fp32 with exactly the given shape; NULL on error
- * (then b->failed is set). Tensors the config does not ask for (a stray
- * bias, a tied model's lm_head) are ignored, as transformers does. */
-static const float *tensor(binder *b, const char *name, int ndim, ...) {
-    if (b->failed) return NULL;
-    int64_t shape[CM_MAX_DIMS];
-    va_list ap;
-    va_start(ap, ndim);
-    for (int i = 0; i < ndim; i++) shape[i] = va_arg(ap, int64_t);
-    va_end(ap);
-
-    const cm_tensor *t = cm_tensors_find(b->m->tensors, name);
+/* The tensor described by p, as fp32; NULL on error. */
+static const float *bind(cmamba_model *m, const char *dir, const cm_param_desc *p,
+                         cmamba_error *err) {
+    const cm_tensor *t = cm_tensors_find(m->tensors, p->name);
     if (!t) {
-        b->failed = 1;
-        cm_fail(b->err, "%s: missing tensor '%s'", b->dir, name);
+        cm_fail(err, "%s: missing tensor '%s'", dir, p->name);
         return NULL;
     }
-    int same = t->ndim == ndim;
-    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    int same = t->ndim == p->ndim;
+    for (int i = 0; same && i < p->ndim; i++) same = t->shape[i] == p->shape[i];
     if (!same) {
         char want[128], got[128];
-        format_shape(want, sizeof want, ndim, shape);
+        format_shape(want, sizeof want, p->ndim, p->shape);
         format_shape(got, sizeof got, t->ndim, t->shape);
-        b->failed = 1;
-        cm_fail(b->err, "%s: tensor '%s' has shape %s, expected %s", t->file, name, got, want);
+        cm_fail(err, "%s: tensor '%s' has shape %s, expected %s", t->file, p->name, got, want);
         return NULL;
     }
-    size_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= (size_t)shape[i];
+    const size_t n = p->numel;
     if (t->dtype == CM_DT_F32 && (uintptr_t)t->data % sizeof(float) == 0) return t->data;
 
-    float *out = NULL;
+    const unsigned char *src = t->data;
+    float *out;
     switch (t->dtype) {
     case CM_DT_F32:
-        if ((out = own(b, n))) memcpy(out, t->data, n * sizeof(float));
-        break;
+        if ((out = own(m, n, err))) memcpy(out, src, n * sizeof(float));
+        return out;
     case CM_DT_F16:
-    case CM_DT_BF16: {
-        if (!(out = own(b, n))) break;
-        const unsigned char *src = t->data;
+    case CM_DT_BF16:
+        if (!(out = own(m, n, err))) return NULL;
         for (size_t i = 0; i < n; i++) {
             uint16_t h = (uint16_t)(src[2 * i] | src[2 * i + 1] << 8);
             out[i] = t->dtype == CM_DT_F16 ? cm_f16_to_f32(h) : cm_bf16_to_f32(h);
         }
-        break;
-    }
-    case CM_DT_F64: {
-        if (!(out = own(b, n))) break;
+        return out;
+    case CM_DT_F64:
+        if (!(out = own(m, n, err))) return NULL;
         for (size_t i = 0; i < n; i++) {
             double d;
-            memcpy(&d, (const char *)t->data + 8 * i, 8);
+            memcpy(&d, src + 8 * i, 8);
             out[i] = (float)d;
         }
-        break;
-    }
+        return out;
     default:
-        cm_fail(b->err, "%s: tensor '%s' has dtype %s; weights must be F32, F16, BF16 or F64",
-                t->file, name, cm_dtype_name(t->dtype));
+        cm_fail(err, "%s: tensor '%s' has dtype %s; weights must be F32, F16, BF16 or F64",
+                t->file, p->name, cm_dtype_name(t->dtype));
+        return NULL;
     }
-    if (!out) b->failed = 1;
-    return out;
 }
 
 int cm_model_bind_weights(cmamba_model *m, const char *dir, cmamba_error *err) {
     const cmamba_config *c = &m->cfg;
-    const int64_t D = c->d_model, V = c->vocab_size, Di = c->d_inner, N = c->d_state,
-                  K = c->d_conv, R = c->dt_rank;
-    binder b = {.m = m, .dir = dir, .err = err};
-    char name[256];
-
+    const size_t n = cm_params_describe(c, NULL);
+    cm_param_desc *params = cm_calloc(n, sizeof *params, err);
     m->layers = cm_calloc((size_t)c->n_layer, sizeof *m->layers, err);
-    if (!m->layers) return -1;
-    m->embedding = tensor(&b, c->layout == CMAMBA_LAYOUT_ORIGINAL ? "backbone.embedding.weight"
-                                                                  : "backbone.embeddings.weight",
-                          2, V, D);
-    m->norm_f = tensor(&b, "backbone.norm_f.weight", 1, D);
-    m->lm_head = c->tie_embeddings ? m->embedding : tensor(&b, "lm_head.weight", 2, V, D);
+    if (!params || !m->layers) { free(params); return -1; }
+    cm_params_describe(c, params);
 
-    for (int l = 0; l < c->n_layer && !b.failed; l++) {
-        cm_layer *w = &m->layers[l];
-#define LAYER_TENSOR(field, suffix, ...)                                       \
-    snprintf(name, sizeof name, "backbone.layers.%d.%s", l, suffix);                  \
-    w->field = tensor(&b, name, __VA_ARGS__)
-        LAYER_TENSOR(norm, "norm.weight", 1, D);
-        LAYER_TENSOR(in_proj_w, "mixer.in_proj.weight", 2, 2 * Di, D);
-        if (c->use_bias) { LAYER_TENSOR(in_proj_b, "mixer.in_proj.bias", 1, 2 * Di); }
-        LAYER_TENSOR(conv_w, "mixer.conv1d.weight", 3, Di, (int64_t)1, K);
-        if (c->use_conv_bias) { LAYER_TENSOR(conv_b, "mixer.conv1d.bias", 1, Di); }
-        LAYER_TENSOR(x_proj_w, "mixer.x_proj.weight", 2, R + 2 * N, Di);
-        LAYER_TENSOR(dt_proj_w, "mixer.dt_proj.weight", 2, Di, R);
-        LAYER_TENSOR(dt_proj_b, "mixer.dt_proj.bias", 1, Di);
-        LAYER_TENSOR(A_log, "mixer.A_log", 2, Di, N);
-        LAYER_TENSOR(D, "mixer.D", 1, Di);
-        LAYER_TENSOR(out_proj_w, "mixer.out_proj.weight", 2, D, Di);
-        if (c->use_bias) { LAYER_TENSOR(out_proj_b, "mixer.out_proj.bias", 1, D); }
-#undef LAYER_TENSOR
-        if (b.failed) break;
-        if (!(w->A = own(&b, (size_t)(Di * N)))) return -1;
-        for (int64_t i = 0; i < Di * N; i++) w->A[i] = -expf(w->A_log[i]);
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const cm_param_desc *p = &params[i];
+        const float *v = bind(m, dir, p, err);
+        if (!v) { rc = -1; break; }
+        cm_layer *w = p->layer >= 0 ? &m->layers[p->layer] : NULL;
+        switch (p->kind) {
+        case CM_P_EMBEDDING: m->embedding = v; break;
+        case CM_P_NORM_F: m->norm_f = v; break;
+        case CM_P_LM_HEAD: m->lm_head = v; break;
+        case CM_P_NORM: w->norm = v; break;
+        case CM_P_IN_PROJ_W: w->in_proj_w = v; break;
+        case CM_P_IN_PROJ_B: w->in_proj_b = v; break;
+        case CM_P_CONV_W: w->conv_w = v; break;
+        case CM_P_CONV_B: w->conv_b = v; break;
+        case CM_P_X_PROJ_W: w->x_proj_w = v; break;
+        case CM_P_DT_PROJ_W: w->dt_proj_w = v; break;
+        case CM_P_DT_PROJ_B: w->dt_proj_b = v; break;
+        case CM_P_D: w->D = v; break;
+        case CM_P_OUT_PROJ_W: w->out_proj_w = v; break;
+        case CM_P_OUT_PROJ_B: w->out_proj_b = v; break;
+        case CM_P_A_LOG:
+            w->A_log = v;
+            if (!(w->A = own(m, p->numel, err))) { rc = -1; break; }
+            for (size_t k = 0; k < p->numel; k++) w->A[k] = -expf(v[k]);
+            break;
+        }
     }
-    return b.failed ? -1 : 0;
+    if (c->tie_embeddings) m->lm_head = m->embedding;
+    free(params);
+    return rc;
 }
