@@ -1,0 +1,34 @@
+/* The synthetic tasks of the paper (section 4.1, appendix E.1), as
+ * generators of (inputs, targets) pairs; a target of −1 is not scored. */
+#ifndef CM_TASKS_H
+#define CM_TASKS_H
+
+#include <stdint.h>
+
+typedef enum { CM_TASK_COPYING, CM_TASK_SELECTIVE_COPYING, CM_TASK_INDUCTION } cm_task_kind;
+
+typedef struct {
+    cm_task_kind kind;
+    int seq_len;  /* length of the context before the recall part */
+    int n_tokens; /* data tokens to copy (copying tasks) */
+    int vocab;    /* data symbols */
+} cm_task;
+
+/* Token ids: copying tasks use 0 = noise, 1..vocab = data, vocab+1 = the
+ * recall marker; induction uses 0..vocab−1 = data, vocab = the special
+ * token. */
+int cm_task_model_vocab(const cm_task *t);
+/* Length of one example (inputs and targets). */
+int cm_task_length(const cm_task *t);
+/* Number of scored positions per example. */
+int cm_task_scored(const cm_task *t);
+/* Checks sizes; returns NULL or a message. */
+const char *cm_task_check(const cm_task *t);
+
+/* Draws one example: inputs and targets both of cm_task_length(t). */
+void cm_task_sample(const cm_task *t, uint64_t *rng, int32_t *inputs, int32_t *targets);
+
+int cm_task_parse(const char *name, cm_task_kind *kind);
+const char *cm_task_name(cm_task_kind kind);
+
+#endif
