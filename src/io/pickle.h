@@ -14,8 +14,8 @@
  * the life of the set (e.g. a buffer adopted by it). Returns 0 or -1 with a
  * message in err. Called once per reference, so a shared storage is asked
  * for more than once. */
-typedef int (*cm_torch_storage_fn)(void *ctx, const char *key, size_t nbytes,
-                                   const void **data, cmamba_error *err);
+typedef int (*cm_torch_storage_fn)(void *ctx, const char *key, size_t nbytes, const void **data,
+                                   cmamba_error *err);
 
 /* Runs the pickle pkl[0..len) and adds every tensor of the state dict it
  * builds to set, named by its key. file names the checkpoint in messages.

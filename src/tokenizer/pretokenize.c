@@ -146,7 +146,7 @@ pcre2_code *tk_regex_compile(const char *pattern, size_t len, int literal, char 
     }
     int code;
     PCRE2_SIZE at;
-    uint32_t flags = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
+    uint32_t flags = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
     pcre2_code *re = literal ? pcre2_compile((PCRE2_SPTR)pattern, len, flags, &code, &at, NULL)
                              : pcre2_compile((PCRE2_SPTR)rewritten, PCRE2_ZERO_TERMINATED, flags,
                                              &code, &at, NULL);

@@ -82,7 +82,7 @@ static int claim_id(loader *ld, int32_t id, const char *text, const char *where)
 static int load_vocab(cmamba_tokenizer *tok, loader *ld, const cJSON *vocab) {
     if (!cJSON_IsObject(vocab)) return cm_fail(ld->err, "%s: model.vocab: missing or not an object", ld->path);
     size_t n = 0, bytes = 0;
-    int32_t id, largest = 0;
+    int32_t id = 0, largest = 0;
     for (const cJSON *e = vocab->child; e; e = e->next, n++) {
         if (get_id(ld, e, "model.vocab", e->string, &id)) return -1;
         if (id > largest) largest = id;
@@ -134,10 +134,11 @@ static int load_merges(cmamba_tokenizer *tok, loader *ld, const cJSON *merges) {
     if (!cJSON_IsArray(merges)) return cm_fail(ld->err, "%s: model.merges: missing or not an array", ld->path);
     size_t n = (size_t)cJSON_GetArraySize(merges), longest = 0;
     const cJSON *m;
-    cJSON_ArrayForEach(m, merges) {
-        if (cJSON_IsString(m) && strlen(m->valuestring) > longest) longest = strlen(m->valuestring);
+    cJSON_ArrayForEach(m, merges) { /* buf holds a copy of "a" and then "ab" */
+        size_t len = cJSON_IsString(m) ? strlen(m->valuestring) : 0;
         for (const cJSON *h = cJSON_IsArray(m) ? m->child : NULL; h; h = h->next)
-            if (cJSON_IsString(h)) longest += strlen(h->valuestring);
+            if (cJSON_IsString(h)) len += strlen(h->valuestring);
+        if (len > longest) longest = len;
     }
     char *buf = cm_malloc(2 * longest + 2, ld->err);
     if (!buf || tk_pairmap_init(&tok->bpe.merges, n, ld->err)) {
@@ -148,7 +149,7 @@ static int load_merges(cmamba_tokenizer *tok, loader *ld, const cJSON *merges) {
     size_t i = 0;
     int rc = 0;
     cJSON_ArrayForEach(m, merges) {
-        const char *a, *b;
+        const char *a = NULL, *b = NULL;
         if (cJSON_IsString(m) && !strncmp(m->valuestring, "#version", 8)) { i++; continue; }
         if ((rc = merge_halves(ld, m, i, buf, &a, &b))) break;
         size_t la = strlen(a), lb = strlen(b);
@@ -200,7 +201,7 @@ static int load_model(cmamba_tokenizer *tok, loader *ld, const cJSON *model) {
         return cm_fail(ld->err, "%s: model.unk_token: expected a string or null", ld->path);
     }
 
-    int byte_fallback, missing = 0;
+    int byte_fallback = 0, missing = 0;
     for (int b = 0; b < 256; b++) {
         char c[2];
         int n = tk_byte_to_utf8((unsigned char)b, c);
@@ -242,8 +243,8 @@ static int load_added_token(cmamba_tokenizer *tok, loader *ld, const cJSON *t, c
     size_t len = strlen(s);
     if (tk_strmap_put(seen, s, len, 0) >= 0)
         return cm_fail(ld->err, "%s: %s: '%.40s' appears twice", ld->path, where, s);
-    int special, normalized;
-    int32_t id;
+    int special = 0, normalized = 0;
+    int32_t id = 0;
     if (get_bool(ld, t, where, "special", 0, &special) ||
         get_bool(ld, t, where, "normalized", !special, &normalized) ||
         get_id(ld, field(t, "id"), where, s, &id))
@@ -306,7 +307,7 @@ static int load_split(cmamba_tokenizer *tok, loader *ld, const cJSON *p) {
     const cJSON *pat = field(p, "pattern"), *behavior = field(p, "behavior");
     const cJSON *regex = field(pat, "Regex"), *string = field(pat, "String");
     const cJSON *src = cJSON_IsString(regex) ? regex : string;
-    int invert;
+    int invert = 0;
     if (!cJSON_IsString(src))
         return cm_fail(ld->err, "%s: pre_tokenizer Split: pattern must be {\"Regex\": ...} or {\"String\": ...}", ld->path);
     if (!cJSON_IsString(behavior) || strcmp(behavior->valuestring, "Isolated"))
@@ -338,7 +339,7 @@ static int load_pre_step(cmamba_tokenizer *tok, loader *ld, const cJSON *p, int 
     if (strcmp(type, "ByteLevel"))
         return cm_fail(ld->err, "%s: pre_tokenizer: type '%.40s' is not supported (only ByteLevel, Split, Sequence)",
                        ld->path, type);
-    int use_regex;
+    int use_regex = 0;
     *have_bytelevel = 1;
     if (get_bool(ld, p, "pre_tokenizer", "add_prefix_space", 1, &tok->add_prefix_space) ||
         get_bool(ld, p, "pre_tokenizer", "use_regex", 1, &use_regex))
