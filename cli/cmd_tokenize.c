@@ -54,7 +54,10 @@ static int parse_ids(const char *s, size_t len, const char *src, int32_t **ids, 
     size_t cap = 64, k = 0;
     int32_t *v = malloc(cap * sizeof *v);
     for (size_t i = 0; v && i < len;) {
-        if (is_sep(s[i])) { i++; continue; }
+        if (is_sep(s[i])) {
+            i++;
+            continue;
+        }
         size_t j = i;
         long long id = 0;
         while (j < len && !is_sep(s[j]) && s[j] >= '0' && s[j] <= '9' && id <= INT32_MAX)
@@ -62,7 +65,8 @@ static int parse_ids(const char *s, size_t len, const char *src, int32_t **ids, 
         if (j == i || (j < len && !is_sep(s[j])) || id > INT32_MAX) {
             size_t end = i;
             while (end < len && end - i < 20 && !is_sep(s[end]) && s[end]) end++;
-            fprintf(stderr, "cmamba tokenize: %s: not a token id: '%.*s'\n", src, (int)(end - i), s + i);
+            fprintf(stderr, "cmamba tokenize: %s: not a token id: '%.*s'\n", src, (int)(end - i),
+                    s + i);
             free(v);
             return -1;
         }
@@ -120,11 +124,18 @@ int cmd_tokenize(int argc, char **argv) {
     int decoding = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(usage, stdout); return 0; }
-        else if (arg_is(a, "--tokenizer")) { if (!(path = arg_value("tokenize", argc, argv, &i))) return 2; }
-        else if (arg_is(a, "--text")) { if (!(text = arg_value("tokenize", argc, argv, &i))) return 2; }
-        else if (!strcmp(a, "--decode")) decoding = 1;
-        else die_usage("tokenize", "unknown option '%s'", a);
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(usage, stdout);
+            return 0;
+        } else if (arg_is(a, "--tokenizer")) {
+            if (!(path = arg_value("tokenize", argc, argv, &i))) return 2;
+        } else if (arg_is(a, "--text")) {
+            if (!(text = arg_value("tokenize", argc, argv, &i))) return 2;
+        } else if (!strcmp(a, "--decode")) {
+            decoding = 1;
+        } else {
+            die_usage("tokenize", "unknown option '%s'", a);
+        }
     }
     if (!path) die_usage("tokenize", "--tokenizer is required");
 

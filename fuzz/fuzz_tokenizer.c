@@ -38,7 +38,8 @@ static const char TEMPLATE[] =
     "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"\\\\p{N}{1,3}|\\\\s*[\\\\r\\\\n]+\"},"
     " \"behavior\": \"Isolated\", \"invert\": false},"
     "{\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": true, \"use_regex\": true}]},"
-    " \"decoder\": {\"type\": \"ByteLevel\"},"
+    " \"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": true,"
+    " \"use_regex\": true},"
     " \"model\": {\"type\": \"BPE\", \"vocab\": {VOCAB}, \"merges\": ["
     "\"\\u0120 t\", \"h e\", \"\\u0120t he\", \"a t\", \"c at\", \"\\u0120 \\u0120\", \"\\u00c3 \\u00a9\"]}}";
 
@@ -59,7 +60,8 @@ static const char *write_embedded(void) {
     const char *at = strstr(TEMPLATE, "VOCAB");
     int fd = mkstemp(path);
     FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
-    if (!f || fprintf(f, "%.*s%s%s", (int)(at - TEMPLATE), TEMPLATE, vocab, at + 5) < 0 || fclose(f)) {
+    if (!f || fprintf(f, "%.*s%s%s", (int)(at - TEMPLATE), TEMPLATE, vocab, at + 5) < 0 ||
+        fclose(f)) {
         fprintf(stderr, "fuzz_tokenizer: cannot write %s\n", path);
         abort();
     }

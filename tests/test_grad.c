@@ -85,7 +85,8 @@ static void check_cli(const char *model_dir, const char *name, const int32_t *id
     snprintf(out, sizeof out, "%s/grad_%s.safetensors", tmp, name);
     int k = snprintf(cmd, sizeof cmd, "mkdir -p '%s' && '%s' grad --model '%s' --out '%s' --ids ",
                      tmp, bin, model_dir, out);
-    for (int i = 0; i < n && k < (int)sizeof cmd - 16; i++) k += snprintf(cmd + k, sizeof cmd - k, "%s%d", i ? "," : "", ids[i]);
+    for (int i = 0; i < n && k < (int)sizeof cmd - 16; i++)
+        k += snprintf(cmd + k, sizeof cmd - k, "%s%d", i ? "," : "", ids[i]);
     snprintf(cmd + k, sizeof cmd - k, " 2>&1");
     FILE *p = popen(cmd, "r");
     char buf[256];

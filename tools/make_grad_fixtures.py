@@ -42,7 +42,10 @@ CASES = ["hf_conv3_expand3_bias", "hf_f16_conv1", "hf_long", "orig_padded"]
 def load(model_dir):
     """The reference model in float64, and whether the checkpoint uses the original layout."""
     original = os.path.exists(os.path.join(model_dir, "pytorch_model.bin"))
-    model = load_original(None, model_dir) if original else MambaForCausalLM.from_pretrained(model_dir)
+    if original:
+        model = load_original(None, model_dir)
+    else:
+        model = MambaForCausalLM.from_pretrained(model_dir)
     return model.double().train(), original
 
 

@@ -10,6 +10,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -19,10 +20,10 @@
 #include "common.h"
 #include "io/tensor_set.h"
 
-#define MAX_HEADER 100000000u       /* the reference implementation's limit */
-#define MAX_INDEX (64u << 20)       /* model.safetensors.index.json */
+#define MAX_HEADER 100000000u         /* the reference implementation's limit */
+#define MAX_INDEX (64u << 20)         /* model.safetensors.index.json */
 #define JSON_EXACT 9007199254740992.0 /* 2^53: JSON numbers from here on are not exact */
-#define WRITE_LIMIT 1e15 /* cJSON prints integers from 10^15 on as 1e+15 */
+#define WRITE_LIMIT 1e15              /* cJSON prints integers from 10^15 on as 1e+15 */
 #define INDEX_NAME "model.safetensors.index.json"
 
 /* One header entry, validated. */
@@ -78,15 +79,16 @@ static int check_text(const char *path, const char *what, const unsigned char *s
 }
 
 /* Parses a JSON object that must fill text[0..n) up to trailing spaces. */
-static int parse_object(const char *path, const char *what, const char *text, size_t n,
-                        cJSON **out, cmamba_error *err) {
+static int parse_object(const char *path, const char *what, const char *text, size_t n, cJSON **out,
+                        cmamba_error *err) {
     *out = NULL;
     if (check_text(path, what, (const unsigned char *)text, n, err)) return -1;
     const char *end = text;
     cJSON *root = cJSON_ParseWithLengthOpts(text, n, &end, 0);
     size_t at = end >= text && end <= text + n ? (size_t)(end - text) : n;
     if (root)
-        while (at < n && (text[at] == ' ' || text[at] == '\t' || text[at] == '\n' || text[at] == '\r'))
+        while (at < n &&
+               (text[at] == ' ' || text[at] == '\t' || text[at] == '\n' || text[at] == '\r'))
             at++;
     if (!root || at < n) {
         cJSON_Delete(root);
@@ -162,15 +164,15 @@ static int parse_entry(const char *path, const cJSON *item, size_t data_len, ent
     for (const cJSON *v = shape->child; v; v = v->next, d++) {
         uint64_t dim;
         if (json_uint(v, &dim))
-            return cm_fail(err, "%s: %s: shape dimension %d is not a non-negative integer below 2^53",
+            return cm_fail(err,
+                           "%s: %s: shape dimension %d is not a non-negative integer below 2^53",
                            path, what, d);
         e->shape[d] = (int64_t)dim;
         overflow |= cm_mul_size(nbytes, (size_t)dim, &nbytes);
     }
     char shp[CM_MAX_DIMS * 20 + 8];
     format_shape(shp, sizeof shp, e->ndim, e->shape);
-    if (overflow)
-        return cm_fail(err, "%s: %s: the size of shape %s overflows", path, what, shp);
+    if (overflow) return cm_fail(err, "%s: %s: the size of shape %s overflows", path, what, shp);
 
     const cJSON *offs = cJSON_GetObjectItemCaseSensitive(item, "data_offsets");
     if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2 ||
@@ -187,10 +189,10 @@ static int parse_entry(const char *path, const cJSON *item, size_t data_len, ent
                        path, what, (unsigned long long)e->begin, (unsigned long long)e->end,
                        data_len);
     if (e->end - e->begin != nbytes)
-        return cm_fail(err, "%s: %s: data offsets [%llu, %llu) hold %llu bytes, shape %s of %s needs %zu",
-                       path, what, (unsigned long long)e->begin, (unsigned long long)e->end,
-                       (unsigned long long)(e->end - e->begin), shp, cm_dtype_name(e->dtype),
-                       nbytes);
+        return cm_fail(
+            err, "%s: %s: data offsets [%llu, %llu) hold %llu bytes, shape %s of %s needs %zu",
+            path, what, (unsigned long long)e->begin, (unsigned long long)e->end,
+            (unsigned long long)(e->end - e->begin), shp, cm_dtype_name(e->dtype), nbytes);
     return 0;
 }
 
@@ -201,8 +203,7 @@ static int cmp_offsets(const void *a, const void *b) {
 }
 
 /* Tensors must tile the data section: no overlaps, no holes, no tail. */
-static int check_tiling(const char *path, entry *es, size_t n, size_t data_len,
-                        cmamba_error *err) {
+static int check_tiling(const char *path, entry *es, size_t n, size_t data_len, cmamba_error *err) {
     entry **order = cm_malloc(n * sizeof *order, err);
     if (!order) return -1;
     for (size_t i = 0; i < n; i++) order[i] = &es[i];
@@ -231,16 +232,16 @@ static int check_tiling(const char *path, entry *es, size_t n, size_t data_len,
                          "belong to no tensor",
                          path, (unsigned long long)(data_len - pos), prev->name);
         else
-            rc = cm_fail(err, "%s: the data section holds %zu bytes but the header lists no tensors",
-                         path, data_len);
+            rc =
+                cm_fail(err, "%s: the data section holds %zu bytes but the header lists no tensors",
+                        path, data_len);
     }
     free(order);
     return rc;
 }
 
 static int check_metadata(const char *path, const cJSON *meta, cmamba_error *err) {
-    if (!cJSON_IsObject(meta))
-        return cm_fail(err, "%s: __metadata__ is not a JSON object", path);
+    if (!cJSON_IsObject(meta)) return cm_fail(err, "%s: __metadata__ is not a JSON object", path);
     if (check_unique_keys(path, "__metadata__", meta, err)) return -1;
     for (const cJSON *c = meta->child; c; c = c->next)
         if (!cJSON_IsString(c))
@@ -258,7 +259,7 @@ static int load_header(const char *path, const cJSON *root, const unsigned char 
     int rc = 0;
     for (const cJSON *c = root->child; c && rc == 0; c = c->next)
         rc = !strcmp(c->string, "__metadata__") ? check_metadata(path, c, err)
-                                                 : parse_entry(path, c, data_len, &es[k++], err);
+                                                : parse_entry(path, c, data_len, &es[k++], err);
     if (rc == 0) rc = check_tiling(path, es, k, data_len, err);
     cm_tensor_set *set = rc == 0 ? cm_tensor_set_new(err) : NULL;
     if (rc == 0 && !set) rc = -1;
@@ -340,9 +341,9 @@ static int plain_file_name(const char *s) {
     return *s && strcmp(s, ".") && strcmp(s, "..") && !strchr(s, '/') && !strchr(s, '\\');
 }
 
-static int find_shard(const char **shards, size_t n, const char *name) {
+static size_t find_shard(const char **shards, size_t n, const char *name) {
     const char **hit = bsearch(&name, shards, n, sizeof *shards, cmp_str);
-    return (int)(hit - shards);
+    return (size_t)(hit - shards);
 }
 
 /* Opens every shard once, checks each tensor of the weight map is in the
@@ -358,7 +359,7 @@ static int load_shards(const char *dir, const char *index, const cJSON *map, con
                       : cm_fail(err, "%s: out of memory", index);
     }
     for (const cJSON *c = map->child; c && rc == 0; c = c->next) {
-        int i = find_shard(shards, n_shards, c->valuestring);
+        size_t i = find_shard(shards, n_shards, c->valuestring);
         if (!cm_tensors_find(sets[i], c->string))
             rc = cm_fail(err, "%s: tensor '%s' is not in this shard, as %s says it is", paths[i],
                          c->string, index);
@@ -383,8 +384,7 @@ static int load_shards(const char *dir, const char *index, const cJSON *map, con
     return 0;
 }
 
-static int open_index(const char *dir, const char *index, cm_tensor_set **out,
-                      cmamba_error *err) {
+static int open_index(const char *dir, const char *index, cm_tensor_set **out, cmamba_error *err) {
     char *text;
     size_t len;
     if (cm_read_file(index, MAX_INDEX, &text, &len, err)) return -1;
@@ -404,8 +404,9 @@ static int open_index(const char *dir, const char *index, cm_tensor_set **out,
         if (!cJSON_IsString(c))
             rc = cm_fail(err, "%s: the shard of tensor '%s' is not a string", index, c->string);
         else if (!plain_file_name(c->valuestring))
-            rc = cm_fail(err, "%s: shard '%s' of tensor '%s' is not a plain file name in the folder",
-                         index, c->valuestring, c->string);
+            rc =
+                cm_fail(err, "%s: shard '%s' of tensor '%s' is not a plain file name in the folder",
+                        index, c->valuestring, c->string);
         else
             shards[n_shards++] = c->valuestring;
     }
@@ -423,23 +424,25 @@ static int open_index(const char *dir, const char *index, cm_tensor_set **out,
 
 int cm_tensors_open_dir(const char *dir, cm_tensor_set **out, cmamba_error *err) {
     *out = NULL;
-    static const char *const names[] = {"model.safetensors", INDEX_NAME, "pytorch_model.bin"};
-    for (int i = 0; i < 3; i++) {
-        char *path = cm_path_join(dir, names[i]);
-        if (!path) return cm_fail(err, "%s: out of memory", dir);
-        struct stat st;
-        if (stat(path, &st) != 0) { /* not there: try the next layout */
-            free(path);
-            continue;
-        }
-        int rc = i == 0 ? cm_safetensors_open(path, out, err)
-                 : i == 1 ? open_index(dir, path, out, err)
-                          : cm_torch_zip_open(path, out, err);
-        free(path);
-        return rc;
-    }
-    return cm_fail(err, "%s: no model.safetensors, %s or pytorch_model.bin in this folder", dir,
-                   INDEX_NAME);
+    char *single = cm_path_join(dir, "model.safetensors"), *index = cm_path_join(dir, INDEX_NAME),
+         *torch = cm_path_join(dir, "pytorch_model.bin");
+    struct stat st;
+    int rc;
+    if (!single || !index || !torch)
+        rc = cm_fail(err, "%s: out of memory", dir);
+    else if (stat(single, &st) == 0)
+        rc = cm_safetensors_open(single, out, err);
+    else if (stat(index, &st) == 0)
+        rc = open_index(dir, index, out, err);
+    else if (stat(torch, &st) == 0)
+        rc = cm_torch_zip_open(torch, out, err);
+    else
+        rc = cm_fail(err, "%s: no model.safetensors, %s or pytorch_model.bin in this folder", dir,
+                     INDEX_NAME);
+    free(single);
+    free(index);
+    free(torch);
+    return rc;
 }
 
 /* ---- writing ----------------------------------------------------------- */
@@ -523,8 +526,10 @@ int cm_safetensors_write(const char *path, const cm_tensor_out *tensors, size_t 
              cm_atomic_write(f, spaces, padded - len, err);
         for (size_t i = 0; i < n && rc == 0; i++)
             rc = cm_atomic_write(f, tensors[i].data, sizes[i], err);
-        if (rc) cm_atomic_abort(f);
-        else rc = cm_atomic_commit(f, err);
+        if (rc)
+            cm_atomic_abort(f);
+        else
+            rc = cm_atomic_commit(f, err);
     }
     cJSON_free(text);
     free(sizes);

@@ -31,9 +31,9 @@ static const struct {
     const char *name;
     size_t size;
 } dtypes[CM_DT_COUNT] = {
-    [CM_DT_F64] = {"F64", 8}, [CM_DT_F32] = {"F32", 4}, [CM_DT_F16] = {"F16", 2},
+    [CM_DT_F64] = {"F64", 8},   [CM_DT_F32] = {"F32", 4}, [CM_DT_F16] = {"F16", 2},
     [CM_DT_BF16] = {"BF16", 2}, [CM_DT_I64] = {"I64", 8}, [CM_DT_I32] = {"I32", 4},
-    [CM_DT_I16] = {"I16", 2}, [CM_DT_I8] = {"I8", 1}, [CM_DT_U8] = {"U8", 1},
+    [CM_DT_I16] = {"I16", 2},   [CM_DT_I8] = {"I8", 1},   [CM_DT_U8] = {"U8", 1},
     [CM_DT_BOOL] = {"BOOL", 1},
 };
 
@@ -76,8 +76,7 @@ static size_t hash_name(const char *s) {
 /* The slot that holds name, or the empty slot where it would go. */
 static size_t *find_slot(const cm_tensor_set *set, const char *name) {
     size_t mask = set->n_slots - 1, i = hash_name(name) & mask;
-    while (set->slots[i] && strcmp(set->tensors[set->slots[i] - 1].name, name))
-        i = (i + 1) & mask;
+    while (set->slots[i] && strcmp(set->tensors[set->slots[i] - 1].name, name)) i = (i + 1) & mask;
     return &set->slots[i];
 }
 
@@ -150,8 +149,8 @@ int cm_tensor_set_add(cm_tensor_set *set, const char *name, cm_dtype dtype, int 
     if ((unsigned)dtype >= CM_DT_COUNT)
         return cm_fail(err, "%s: tensor '%s' has an unknown dtype", file, name);
     if (ndim < 0 || ndim > CM_MAX_DIMS)
-        return cm_fail(err, "%s: tensor '%s' has %d dimensions (at most %d supported)", file,
-                       name, ndim, CM_MAX_DIMS);
+        return cm_fail(err, "%s: tensor '%s' has %d dimensions (at most %d supported)", file, name,
+                       ndim, CM_MAX_DIMS);
     size_t expect = cm_dtype_size(dtype);
     for (int d = 0; d < ndim; d++)
         if (shape[d] < 0 || (uint64_t)shape[d] > SIZE_MAX ||

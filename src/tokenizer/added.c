@@ -60,8 +60,8 @@ static int is_single_word(const char *s, size_t len, size_t start, size_t stop) 
     return 1;
 }
 
-int tk_added_split(const tk_added_set *set, const char *s, size_t len, tk_piece_fn text,
-                   void *ctx, tk_ids *out, cmamba_error *err) {
+int tk_added_split(const tk_added_set *set, const char *s, size_t len, tk_piece_fn text, void *ctx,
+                   tk_ids *out, cmamba_error *err) {
     size_t done = 0; /* end of what has been emitted (HF's start_offset) */
     size_t j = 0;    /* where the scan for the next match resumes */
     while (set->n && j < len) {
@@ -76,8 +76,11 @@ int tk_added_split(const tk_added_set *set, const char *s, size_t len, tk_piece_
             start = ws > done ? ws : done;
         }
         if (t->rstrip) stop = space_run_after(s, len, stop);
-        /* With rstrip, a match may begin inside the whitespace the previous
-         * one swallowed; like HF we then emit it without rewinding. */
+        /* A match inside whitespace that the previous token's rstrip took:
+         * with lstrip it shrinks to nothing and HF drops it (or panics);
+         * without, HF emits it and goes on from its end, even if that is
+         * before the end of the previous token. */
+        if (stop <= start) continue;
         if (start > done && text(ctx, s + done, start - done, err)) return -1;
         if (tk_ids_push(out, t->id, err)) return -1;
         done = stop;

@@ -194,8 +194,9 @@ static void push_pair(const tk_bpe *bpe, const struct tk_symbol *sym, struct tk_
     if (pos < 0 || sym[pos].next < 0) return;
     long slot = pair_find(&bpe->merges, sym[pos].id, sym[sym[pos].next].id);
     if (slot >= 0)
-        heap_push(heap, n_heap,
-                  (struct tk_merge){bpe->merges.ranks[slot], (uint32_t)pos, bpe->merges.merged[slot]});
+        heap_push(
+            heap, n_heap,
+            (struct tk_merge){bpe->merges.ranks[slot], (uint32_t)pos, bpe->merges.merged[slot]});
 }
 
 /* ignore_merges: a piece that is a whole vocab token is that token. */

@@ -84,7 +84,8 @@ int cmamba_tokenize(const cmamba_tokenizer *tok, const char *text, size_t len, i
     encoder e = {.tok = tok, .md = pcre2_match_data_create(1, NULL)};
     if (!e.md) return cm_fail(err, "out of memory");
     int rc = tk_added_split(&tok->added_raw, text, len, normalize_run, &e, &e.ids, err);
-    if (rc == 0 && !e.ids.v && !(e.ids.v = cm_malloc(sizeof *e.ids.v, err))) rc = -1; /* never NULL */
+    if (rc == 0 && !e.ids.v && !(e.ids.v = cm_malloc(sizeof *e.ids.v, err))) /* never NULL */
+        rc = -1;
     pcre2_match_data_free(e.md);
     tk_scratch_free(&e.scratch);
     free(e.prefixed);
@@ -97,20 +98,22 @@ int cmamba_tokenize(const cmamba_tokenizer *tok, const char *text, size_t len, i
     return 0;
 }
 
-int cmamba_detokenize(const cmamba_tokenizer *tok, const int32_t *ids, size_t n_ids,
-                      char **text, size_t *len, cmamba_error *err) {
+int cmamba_detokenize(const cmamba_tokenizer *tok, const int32_t *ids, size_t n_ids, char **text,
+                      size_t *len, cmamba_error *err) {
     *text = NULL;
     if (len) *len = 0;
     size_t total = 0;
     for (size_t i = 0; i < n_ids; i++) {
         size_t n;
         if (!cmamba_token_bytes(tok, ids[i], &n))
-            return cm_fail(err, "unknown token id %d (vocabulary size %d)", (int)ids[i], tok->vocab_size);
+            return cm_fail(err, "unknown token id %d (vocabulary size %d)", (int)ids[i],
+                           tok->vocab_size);
         total += n;
     }
     /* every invalid byte may become the three bytes of U+FFFD */
     size_t cap;
-    if (cm_mul_size(total, 3, &cap) || cap == SIZE_MAX) return cm_fail(err, "decoded text too long");
+    if (cm_mul_size(total, 3, &cap) || cap == SIZE_MAX)
+        return cm_fail(err, "decoded text too long");
     char *raw = cm_malloc(total + 1, err), *out = cm_malloc(cap + 1, err);
     if (!raw || !out) {
         free(raw);

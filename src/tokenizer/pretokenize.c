@@ -1,12 +1,13 @@
 /* Everything between raw text and BPE: NFC, the split regexes and GPT-2's
- * byte-to-unicode alphabet, plus the character classes that HF's
- * added-token rules use. */
+ * byte-to-unicode alphabet, plus the character classes of HF tokenizers
+ * (unicode_classes.h) that both use. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h>
 
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode_classes.h"
 
 /* ---- the byte-level alphabet -------------------------------------------------- */
 
@@ -43,39 +44,35 @@ int tk_byte_to_utf8(unsigned char b, char *out) {
 /* ---- character classes -------------------------------------------------------- */
 
 /* Unicode White_Space: Rust's char::is_whitespace, the regex crate's \s and
- * Oniguruma's \s. (PCRE2's own \s also takes U+180E, so patterns are
- * rewritten to use this list; see tk_regex_compile.) */
-#define TK_WHITE_SPACE \
-    "\\t-\\r \\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}\\x{3000}"
+ * Oniguruma's \s alike. */
+static const tk_range TK_SPACE[] = {
+    {0x09, 0x0d},     {0x20, 0x20},     {0x85, 0x85},     {0xa0, 0xa0},     {0x1680, 0x1680},
+    {0x2000, 0x200a}, {0x2028, 0x2029}, {0x202f, 0x202f}, {0x205f, 0x205f}, {0x3000, 0x3000}};
 
-int tk_is_space(uint32_t cp) {
-    return (cp >= 0x09 && cp <= 0x0d) || cp == 0x20 || cp == 0x85 || cp == 0xa0 || cp == 0x1680 ||
-           (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 || cp == 0x202f ||
-           cp == 0x205f || cp == 0x3000;
-}
+#define COUNT(a) (sizeof a / sizeof *a)
 
-/* The regex crate's \w: Alphabetic, marks, decimal digits, connector
- * punctuation and the joiners. Alphabetic is the letters, Nl, and
- * Other_Alphabetic, which outside the marks is only the circled and
- * squared Latin letters. */
-int tk_is_word(uint32_t cp) {
-    switch (utf8proc_category((utf8proc_int32_t)cp)) {
-    case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT:
-    case UTF8PROC_CATEGORY_LM: case UTF8PROC_CATEGORY_LO: case UTF8PROC_CATEGORY_MN:
-    case UTF8PROC_CATEGORY_MC: case UTF8PROC_CATEGORY_ME: case UTF8PROC_CATEGORY_ND:
-    case UTF8PROC_CATEGORY_NL: case UTF8PROC_CATEGORY_PC:
-        return 1;
-    default:
-        return cp == 0x200c || cp == 0x200d || (cp >= 0x24b6 && cp <= 0x24e9) ||
-               (cp >= 0x1f130 && cp <= 0x1f149) || (cp >= 0x1f150 && cp <= 0x1f169) ||
-               (cp >= 0x1f170 && cp <= 0x1f189);
+static int in_ranges(const tk_range *r, size_t n, uint32_t cp) {
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (cp < r[mid].lo)
+            hi = mid;
+        else if (cp > r[mid].hi)
+            lo = mid + 1;
+        else
+            return 1;
     }
+    return 0;
 }
+
+int tk_is_space(uint32_t cp) { return in_ranges(TK_SPACE, COUNT(TK_SPACE), cp); }
+
+int tk_is_word(uint32_t cp) { return in_ranges(TK_WORD, COUNT(TK_WORD), cp); }
 
 uint32_t tk_cp_at(const char *s, size_t len, size_t i, size_t *next) {
     utf8proc_int32_t cp = 0;
-    utf8proc_ssize_t n = utf8proc_iterate((const utf8proc_uint8_t *)s + i,
-                                          (utf8proc_ssize_t)(len - i), &cp);
+    utf8proc_ssize_t n =
+        utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(len - i), &cp);
     *next = i + (n > 0 ? (size_t)n : 1);
     return n > 0 ? (uint32_t)cp : 0xfffd;
 }
@@ -90,28 +87,66 @@ uint32_t tk_cp_before(const char *s, size_t i, size_t *start) {
 
 /* ---- regexes ------------------------------------------------------------------ */
 
-/* Writes pattern with \s and \S spelled out as White_Space classes. A \S
- * inside a [...] class is left to PCRE2 (it differs only on U+180E). */
-static char *rewrite_spaces(const char *p, size_t len) {
-    static const char ws[] = TK_WHITE_SPACE;
-    size_t cap = len + 1, n = 0;
-    for (size_t i = 0; i + 1 < len; i++)
-        if (p[i] == '\\' && (p[i + 1] == 's' || p[i + 1] == 'S')) cap += sizeof ws + 3;
+/* The escapes that HF's patterns use for these classes, which are rewritten
+ * as explicit lists: PCRE2's Unicode tables are older than Oniguruma's (new
+ * letters would fall into "other") and its \s also takes U+180E. */
+static const struct {
+    const char *escape; /* with a capital letter for the complement */
+    const tk_range *ranges;
+    size_t n;
+} CLASSES[] = {
+    {"\\s", TK_SPACE, COUNT(TK_SPACE)},
+    {"\\p{L}", TK_LETTER, COUNT(TK_LETTER)},
+    {"\\p{N}", TK_NUMBER, COUNT(TK_NUMBER)},
+};
+
+/* Which class p starts with: its index, or -1; *negated for \S, \P{L}, ... */
+static int class_at(const char *p, size_t len, int *negated) {
+    for (int k = 0; k < (int)COUNT(CLASSES); k++) {
+        const char *e = CLASSES[k].escape;
+        size_t n = strlen(e);
+        if (len < n || p[0] != '\\' || strncmp(p + 2, e + 2, n - 2)) continue;
+        if (p[1] == e[1] || p[1] == (e[1] ^ 0x20)) {
+            *negated = p[1] != e[1];
+            return k;
+        }
+    }
+    return -1;
+}
+
+static size_t write_ranges(char *out, const tk_range *r, size_t n) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        k += (size_t)(r[i].lo == r[i].hi ? sprintf(out + k, "\\x{%x}", r[i].lo)
+                                         : sprintf(out + k, "\\x{%x}-\\x{%x}", r[i].lo, r[i].hi));
+    return k;
+}
+
+/* The pattern with each class escape spelled out. A complemented class
+ * inside [...] (rare) cannot be spelled out and is left to PCRE2. */
+static char *spell_out_classes(const char *p, size_t len) {
+    /* a range is at most 21 characters: \x{10ffff}-\x{10ffff} */
+    size_t cap = len + 1, longest = 0;
+    for (size_t k = 0; k < COUNT(CLASSES); k++)
+        if (CLASSES[k].n * 21 > longest) longest = CLASSES[k].n * 21;
+    for (size_t i = 0; i < len; i++) cap += p[i] == '\\' ? longest + 3 : 0;
     char *out = malloc(cap);
     if (!out) return NULL;
-    int in_class = 0;
+    size_t n = 0;
+    int in_class = 0, negated;
     for (size_t i = 0; i < len; i++) {
         char c = p[i];
-        if (c == '\\' && i + 1 < len) {
-            char e = p[++i];
-            if (e == 's' && in_class) {
-                n += (size_t)sprintf(out + n, "%s", ws);
-            } else if (e == 's' || (e == 'S' && !in_class)) {
-                n += (size_t)sprintf(out + n, "[%s%s]", e == 'S' ? "^" : "", ws);
-            } else {
-                out[n++] = c;
-                out[n++] = e;
-            }
+        int k = class_at(p + i, len - i, &negated);
+        if (k >= 0 && !(in_class && negated)) {
+            if (!in_class) n += (size_t)sprintf(out + n, negated ? "[^" : "[");
+            n += write_ranges(out + n, CLASSES[k].ranges, CLASSES[k].n);
+            if (!in_class) out[n++] = ']';
+            i += strlen(CLASSES[k].escape) - 1;
+            continue;
+        }
+        if (c == '\\' && i + 1 < len) { /* any other escape, copied whole */
+            out[n++] = c;
+            out[n++] = p[++i];
             continue;
         }
         out[n++] = c;
@@ -139,7 +174,7 @@ static char *rewrite_spaces(const char *p, size_t len) {
 
 pcre2_code *tk_regex_compile(const char *pattern, size_t len, int literal, char *why,
                              size_t why_len) {
-    char *rewritten = literal ? NULL : rewrite_spaces(pattern, len);
+    char *rewritten = literal ? NULL : spell_out_classes(pattern, len);
     if (!literal && !rewritten) {
         snprintf(why, why_len, "out of memory");
         return NULL;
@@ -167,8 +202,8 @@ pcre2_code *tk_gpt2_regex(char *why, size_t why_len) {
     return tk_regex_compile(gpt2, sizeof gpt2 - 1, 0, why, why_len);
 }
 
-int tk_split(const pcre2_code *re, pcre2_match_data *md, const char *s, size_t len,
-             tk_piece_fn fn, void *ctx, cmamba_error *err) {
+int tk_split(const pcre2_code *re, pcre2_match_data *md, const char *s, size_t len, tk_piece_fn fn,
+             void *ctx, cmamba_error *err) {
     size_t pos = 0, last = 0; /* search start; end of the last piece given to fn */
     while (pos <= len) {
         int rc = pcre2_match(re, (PCRE2_SPTR)s, len, pos, PCRE2_NO_UTF_CHECK, md, NULL);

@@ -16,7 +16,7 @@
 #include "tokenizer/tokenizer.h"
 
 #define MAX_FILE_BYTES ((size_t)256 << 20)
-#define MAX_ID (1 << 24) /* bounds the id -> token table */
+#define MAX_ID (1 << 22) /* bounds the id -> token table */
 
 /* State of one load: the file name for messages and the table of what each
  * id decodes from (HF's id_to_token), filled by the vocab and added tokens. */
@@ -42,14 +42,16 @@ static const char *type_of(const cJSON *obj) {
 static int get_bool(loader *ld, const cJSON *obj, const char *where, const char *key, int dflt,
                     int *out) {
     const cJSON *v = field(obj, key);
-    if (!v || cJSON_IsNull(v)) *out = dflt;
-    else if (cJSON_IsBool(v)) *out = cJSON_IsTrue(v);
-    else return cm_fail(ld->err, "%s: %s.%s: expected true or false", ld->path, where, key);
+    if (!v || cJSON_IsNull(v))
+        *out = dflt;
+    else if (cJSON_IsBool(v))
+        *out = cJSON_IsTrue(v);
+    else
+        return cm_fail(ld->err, "%s: %s.%s: expected true or false", ld->path, where, key);
     return 0;
 }
 
-static int get_id(loader *ld, const cJSON *v, const char *where, const char *name,
-                  int32_t *out) {
+static int get_id(loader *ld, const cJSON *v, const char *where, const char *name, int32_t *out) {
     if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= MAX_ID ||
         v->valuedouble != (double)(int32_t)v->valuedouble)
         return cm_fail(ld->err, "%s: %s: id of '%.40s' is not an integer in [0, %d)", ld->path,
@@ -80,7 +82,8 @@ static int claim_id(loader *ld, int32_t id, const char *text, const char *where)
 /* ---- model ---------------------------------------------------------------------- */
 
 static int load_vocab(cmamba_tokenizer *tok, loader *ld, const cJSON *vocab) {
-    if (!cJSON_IsObject(vocab)) return cm_fail(ld->err, "%s: model.vocab: missing or not an object", ld->path);
+    if (!cJSON_IsObject(vocab))
+        return cm_fail(ld->err, "%s: model.vocab: missing or not an object", ld->path);
     size_t n = 0, bytes = 0;
     int32_t id = 0, largest = 0;
     for (const cJSON *e = vocab->child; e; e = e->next, n++) {
@@ -98,7 +101,8 @@ static int load_vocab(cmamba_tokenizer *tok, loader *ld, const cJSON *vocab) {
     for (const cJSON *e = vocab->child; e; e = e->next) {
         size_t len = strlen(e->string);
         if (len == 0 || !valid_utf8(e->string, len))
-            return cm_fail(ld->err, "%s: model.vocab: token '%.40s' is empty or not UTF-8", ld->path, e->string);
+            return cm_fail(ld->err, "%s: model.vocab: token '%.40s' is empty or not UTF-8",
+                           ld->path, e->string);
         get_id(ld, e, "model.vocab", e->string, &id);
         memcpy(p, e->string, len + 1);
         if (tk_strmap_put(&tok->bpe.vocab, p, len, id) >= 0)
@@ -121,7 +125,8 @@ static int merge_halves(loader *ld, const cJSON *m, size_t i, char *buf, const c
     }
     const char *sp = cJSON_IsString(m) ? strchr(m->valuestring, ' ') : NULL;
     if (!sp || strchr(sp + 1, ' '))
-        return cm_fail(ld->err, "%s: model.merges[%zu]: expected \"a b\" or [\"a\", \"b\"]", ld->path, i);
+        return cm_fail(ld->err, "%s: model.merges[%zu]: expected \"a b\" or [\"a\", \"b\"]",
+                       ld->path, i);
     size_t la = (size_t)(sp - m->valuestring);
     memcpy(buf, m->valuestring, la);
     buf[la] = 0;
@@ -131,7 +136,8 @@ static int merge_halves(loader *ld, const cJSON *m, size_t i, char *buf, const c
 }
 
 static int load_merges(cmamba_tokenizer *tok, loader *ld, const cJSON *merges) {
-    if (!cJSON_IsArray(merges)) return cm_fail(ld->err, "%s: model.merges: missing or not an array", ld->path);
+    if (!cJSON_IsArray(merges))
+        return cm_fail(ld->err, "%s: model.merges: missing or not an array", ld->path);
     size_t n = (size_t)cJSON_GetArraySize(merges), longest = 0;
     const cJSON *m;
     cJSON_ArrayForEach(m, merges) { /* buf holds a copy of "a" and then "ab" */
@@ -150,17 +156,22 @@ static int load_merges(cmamba_tokenizer *tok, loader *ld, const cJSON *merges) {
     int rc = 0;
     cJSON_ArrayForEach(m, merges) {
         const char *a = NULL, *b = NULL;
-        if (cJSON_IsString(m) && !strncmp(m->valuestring, "#version", 8)) { i++; continue; }
+        if (cJSON_IsString(m) && !strncmp(m->valuestring, "#version", 8)) {
+            i++;
+            continue;
+        }
         if ((rc = merge_halves(ld, m, i, buf, &a, &b))) break;
         size_t la = strlen(a), lb = strlen(b);
         char *ab = buf + la + 1;
         memcpy(ab, a, la);
         memcpy(ab + la, b, lb);
-        int32_t ia = tk_strmap_get(&tok->bpe.vocab, a, la), ib = tk_strmap_get(&tok->bpe.vocab, b, lb);
+        int32_t ia = tk_strmap_get(&tok->bpe.vocab, a, la);
+        int32_t ib = tk_strmap_get(&tok->bpe.vocab, b, lb);
         int32_t iab = tk_strmap_get(&tok->bpe.vocab, ab, la + lb);
         if (ia < 0 || ib < 0 || iab < 0) {
-            rc = cm_fail(ld->err, "%s: model.merges[%zu]: '%.40s' is not in the vocab", ld->path, i,
-                         ia < 0 ? a : ib < 0 ? b : "(the merged token)");
+            const char *missing = ia < 0 ? a : ib < 0 ? b : "(the merged token)";
+            rc = cm_fail(ld->err, "%s: model.merges[%zu]: '%.40s' is not in the vocab", ld->path,
+                         i, missing);
             break;
         }
         tk_pairmap_put(&tok->bpe.merges, ia, ib, rank++, iab);
@@ -172,20 +183,24 @@ static int load_merges(cmamba_tokenizer *tok, loader *ld, const cJSON *merges) {
 
 static int load_model(cmamba_tokenizer *tok, loader *ld, const cJSON *model) {
     const char *type = type_of(model);
-    if (!cJSON_IsObject(model)) return cm_fail(ld->err, "%s: model: missing or not an object", ld->path);
+    if (!cJSON_IsObject(model))
+        return cm_fail(ld->err, "%s: model: missing or not an object", ld->path);
     if (type && strcmp(type, "BPE"))
-        return cm_fail(ld->err, "%s: model.type: '%.40s' is not supported (only BPE)", ld->path, type);
+        return cm_fail(ld->err, "%s: model.type: '%.40s' is not supported (only BPE)", ld->path,
+                       type);
     if (load_vocab(tok, ld, field(model, "vocab")) || load_merges(tok, ld, field(model, "merges")))
         return -1;
 
     const cJSON *dropout = field(model, "dropout");
-    if (dropout && !cJSON_IsNull(dropout) && !(cJSON_IsNumber(dropout) && dropout->valuedouble == 0))
+    if (dropout && !cJSON_IsNull(dropout) &&
+        !(cJSON_IsNumber(dropout) && dropout->valuedouble == 0))
         return cm_fail(ld->err, "%s: model.dropout: BPE dropout is not supported", ld->path);
     static const char *affixes[] = {"continuing_subword_prefix", "end_of_word_suffix"};
     for (int k = 0; k < 2; k++) {
         const cJSON *v = field(model, affixes[k]);
         if (v && !cJSON_IsNull(v) && !(cJSON_IsString(v) && !*v->valuestring))
-            return cm_fail(ld->err, "%s: model.%s: not supported with byte-level BPE", ld->path, affixes[k]);
+            return cm_fail(ld->err, "%s: model.%s: not supported with byte-level BPE", ld->path,
+                           affixes[k]);
     }
     if (get_bool(ld, model, "model", "fuse_unk", 0, &tok->bpe.fuse_unk) ||
         get_bool(ld, model, "model", "ignore_merges", 0, &tok->bpe.ignore_merges))
@@ -194,9 +209,11 @@ static int load_model(cmamba_tokenizer *tok, loader *ld, const cJSON *model) {
     tok->bpe.unk_id = -1;
     const cJSON *unk = field(model, "unk_token");
     if (cJSON_IsString(unk)) {
-        tok->bpe.unk_id = tk_strmap_get(&tok->bpe.vocab, unk->valuestring, strlen(unk->valuestring));
+        tok->bpe.unk_id =
+            tk_strmap_get(&tok->bpe.vocab, unk->valuestring, strlen(unk->valuestring));
         if (tok->bpe.unk_id < 0)
-            return cm_fail(ld->err, "%s: model.unk_token: '%.40s' is not in the vocab", ld->path, unk->valuestring);
+            return cm_fail(ld->err, "%s: model.unk_token: '%.40s' is not in the vocab", ld->path,
+                           unk->valuestring);
     } else if (unk && !cJSON_IsNull(unk)) {
         return cm_fail(ld->err, "%s: model.unk_token: expected a string or null", ld->path);
     }
@@ -210,7 +227,8 @@ static int load_model(cmamba_tokenizer *tok, loader *ld, const cJSON *model) {
     }
     if (get_bool(ld, model, "model", "byte_fallback", 0, &byte_fallback)) return -1;
     if (byte_fallback && missing)
-        return cm_fail(ld->err, "%s: model.byte_fallback: not supported (%d bytes have no token)", ld->path, missing);
+        return cm_fail(ld->err, "%s: model.byte_fallback: not supported (%d bytes have no token)",
+                       ld->path, missing);
     return 0;
 }
 
@@ -228,7 +246,8 @@ static int load_normalizer(cmamba_tokenizer *tok, loader *ld, const cJSON *n) {
         cJSON_ArrayForEach(e, field(n, "normalizers")) if (load_normalizer(tok, ld, e)) return -1;
         return 0;
     }
-    return cm_fail(ld->err, "%s: normalizer: type '%.40s' is not supported (only NFC, or a Sequence of NFC)",
+    return cm_fail(ld->err,
+                   "%s: normalizer: type '%.40s' is not supported (only NFC, or a Sequence of NFC)",
                    ld->path, type ? type : "(missing)");
 }
 
@@ -254,7 +273,8 @@ static int load_added_token(cmamba_tokenizer *tok, loader *ld, const cJSON *t, c
     int32_t vocab_id = tk_strmap_get(&tok->bpe.vocab, s, len);
     int32_t expect = vocab_id >= 0 ? vocab_id : (int32_t)(ld->n_vocab + (*n_new)++);
     if (id != expect)
-        return cm_fail(ld->err, "%s: %s: '%.40s' has id %d, but Hugging Face tokenizers would give it %d",
+        return cm_fail(ld->err,
+                       "%s: %s: '%.40s' has id %d, but Hugging Face tokenizers would give it %d",
                        ld->path, where, s, id, expect);
 
     tk_added_set *set = normalized ? &tok->added_norm : &tok->added_raw;
@@ -309,17 +329,26 @@ static int load_split(cmamba_tokenizer *tok, loader *ld, const cJSON *p) {
     const cJSON *src = cJSON_IsString(regex) ? regex : string;
     int invert = 0;
     if (!cJSON_IsString(src))
-        return cm_fail(ld->err, "%s: pre_tokenizer Split: pattern must be {\"Regex\": ...} or {\"String\": ...}", ld->path);
+        return cm_fail(
+            ld->err,
+            "%s: pre_tokenizer Split: pattern must be {\"Regex\": ...} or {\"String\": ...}",
+            ld->path);
     if (!cJSON_IsString(behavior) || strcmp(behavior->valuestring, "Isolated"))
-        return cm_fail(ld->err, "%s: pre_tokenizer Split: behavior '%.40s' is not supported (only Isolated)",
+        return cm_fail(ld->err,
+                       "%s: pre_tokenizer Split: behavior '%.40s' is not supported (only Isolated)",
                        ld->path, cJSON_IsString(behavior) ? behavior->valuestring : "(missing)");
     if (get_bool(ld, p, "pre_tokenizer Split", "invert", 0, &invert)) return -1;
-    if (invert) return cm_fail(ld->err, "%s: pre_tokenizer Split: invert is not supported", ld->path);
+    if (invert)
+        return cm_fail(ld->err, "%s: pre_tokenizer Split: invert is not supported", ld->path);
     if (tok->n_splits == TK_MAX_SPLITS)
-        return cm_fail(ld->err, "%s: pre_tokenizer: more than %d Split steps", ld->path, TK_MAX_SPLITS);
+        return cm_fail(ld->err, "%s: pre_tokenizer: more than %d Split steps", ld->path,
+                       TK_MAX_SPLITS);
     char why[200];
-    pcre2_code *re = tk_regex_compile(src->valuestring, strlen(src->valuestring), src == string, why, sizeof why);
-    if (!re) return cm_fail(ld->err, "%s: pre_tokenizer Split: pattern '%.60s': %s", ld->path, src->valuestring, why);
+    pcre2_code *re = tk_regex_compile(src->valuestring, strlen(src->valuestring), src == string,
+                                      why, sizeof why);
+    if (!re)
+        return cm_fail(ld->err, "%s: pre_tokenizer Split: pattern '%.60s': %s", ld->path,
+                       src->valuestring, why);
     tok->splits[tok->n_splits++] = re;
     return 0;
 }
@@ -329,16 +358,20 @@ static int load_pre_step(cmamba_tokenizer *tok, loader *ld, const cJSON *p, int 
     const char *type = type_of(p);
     if (!type) return cm_fail(ld->err, "%s: pre_tokenizer: missing or without a type", ld->path);
     if (*have_bytelevel)
-        return cm_fail(ld->err, "%s: pre_tokenizer: '%.40s' after ByteLevel is not supported", ld->path, type);
+        return cm_fail(ld->err, "%s: pre_tokenizer: '%.40s' after ByteLevel is not supported",
+                       ld->path, type);
     if (!strcmp(type, "Sequence") && cJSON_IsArray(field(p, "pretokenizers"))) {
         const cJSON *e;
-        cJSON_ArrayForEach(e, field(p, "pretokenizers")) if (load_pre_step(tok, ld, e, have_bytelevel)) return -1;
+        cJSON_ArrayForEach(
+            e, field(p, "pretokenizers")) if (load_pre_step(tok, ld, e, have_bytelevel)) return -1;
         return 0;
     }
     if (!strcmp(type, "Split")) return load_split(tok, ld, p);
     if (strcmp(type, "ByteLevel"))
-        return cm_fail(ld->err, "%s: pre_tokenizer: type '%.40s' is not supported (only ByteLevel, Split, Sequence)",
-                       ld->path, type);
+        return cm_fail(
+            ld->err,
+            "%s: pre_tokenizer: type '%.40s' is not supported (only ByteLevel, Split, Sequence)",
+            ld->path, type);
     int use_regex = 0;
     *have_bytelevel = 1;
     if (get_bool(ld, p, "pre_tokenizer", "add_prefix_space", 1, &tok->add_prefix_space) ||
@@ -354,15 +387,17 @@ static int load_pre_tokenizer(cmamba_tokenizer *tok, loader *ld, const cJSON *p)
     int have_bytelevel = 0;
     if (load_pre_step(tok, ld, p, &have_bytelevel)) return -1;
     if (!have_bytelevel)
-        return cm_fail(ld->err, "%s: pre_tokenizer: no ByteLevel step (only byte-level BPE is supported)", ld->path);
+        return cm_fail(ld->err,
+                       "%s: pre_tokenizer: no ByteLevel step (only byte-level BPE is supported)",
+                       ld->path);
     return 0;
 }
 
 static int check_decoder(loader *ld, const cJSON *d) {
     const char *type = type_of(d);
     if (!type || strcmp(type, "ByteLevel"))
-        return cm_fail(ld->err, "%s: decoder: type '%.40s' is not supported (only ByteLevel)", ld->path,
-                       type ? type : "(missing)");
+        return cm_fail(ld->err, "%s: decoder: type '%.40s' is not supported (only ByteLevel)",
+                       ld->path, type ? type : "(missing)");
     return 0;
 }
 
@@ -419,8 +454,8 @@ static int load_json(cmamba_tokenizer *tok, loader *ld, const cJSON *root) {
     if (!cJSON_IsObject(root)) return cm_fail(ld->err, "%s: not a JSON object", ld->path);
     const cJSON *added = field(root, "added_tokens");
     ld->n_added = cJSON_IsArray(added) ? (size_t)cJSON_GetArraySize(added) : 0;
-    if (load_model(tok, ld, field(root, "model")) || load_normalizer(tok, ld, field(root, "normalizer")) ||
-        load_added(tok, ld, added) ||
+    if (load_model(tok, ld, field(root, "model")) ||
+        load_normalizer(tok, ld, field(root, "normalizer")) || load_added(tok, ld, added) ||
         load_pre_tokenizer(tok, ld, field(root, "pre_tokenizer")) ||
         check_decoder(ld, field(root, "decoder")) || build_decoding(tok, ld))
         return -1;

@@ -84,7 +84,9 @@ int tk_cp_to_byte(uint32_t cp); /* -1 if cp is not in the alphabet */
 /* Encodes byte b as its alphabet character in UTF-8 into out[2]; returns 1 or 2. */
 int tk_byte_to_utf8(unsigned char b, char *out);
 
-/* Compiles an Oniguruma-style pattern (as HF uses) with PCRE2, UTF + UCP. */
+/* Compiles a pattern written for HF's Oniguruma with PCRE2 (UTF, UCP, JIT if
+ * available), \s \p{L} \p{N} spelled out to match HF exactly; literal: a
+ * plain string. On failure, NULL with the reason in why. */
 pcre2_code *tk_regex_compile(const char *pattern, size_t len, int literal, char *why,
                              size_t why_len);
 pcre2_code *tk_gpt2_regex(char *why, size_t why_len);
@@ -95,10 +97,10 @@ int tk_nfc(const char *s, size_t len, char **out, size_t *out_len, cmamba_error 
 /* Calls fn on each piece of an "Isolated" split of s by re: every match and
  * every gap between matches, empty ones skipped. */
 typedef int (*tk_piece_fn)(void *ctx, const char *s, size_t len, cmamba_error *err);
-int tk_split(const pcre2_code *re, pcre2_match_data *md, const char *s, size_t len,
-             tk_piece_fn fn, void *ctx, cmamba_error *err);
+int tk_split(const pcre2_code *re, pcre2_match_data *md, const char *s, size_t len, tk_piece_fn fn,
+             void *ctx, cmamba_error *err);
 
-/* Unicode White_Space and the regex crate's \w, as HF's added-token rules use. */
+/* Unicode White_Space and the regex crate's \w, for the added-token rules. */
 int tk_is_space(uint32_t cp);
 int tk_is_word(uint32_t cp);
 /* The code point starting at s[i] / ending just before s[i] in valid UTF-8. */
@@ -128,22 +130,22 @@ void tk_added_free(tk_added_set *set);
 /* Splits s into runs of text and added tokens, as HF's find_matches does:
  * calls text(ctx, ...) for each non-empty run between tokens and
  * tk_ids_push for each token. */
-int tk_added_split(const tk_added_set *set, const char *s, size_t len, tk_piece_fn text,
-                   void *ctx, tk_ids *out, cmamba_error *err);
+int tk_added_split(const tk_added_set *set, const char *s, size_t len, tk_piece_fn text, void *ctx,
+                   tk_ids *out, cmamba_error *err);
 
 /* ---- the tokenizer ------------------------------------------------------------ */
 
 #define TK_MAX_SPLITS 8
 
 struct cmamba_tokenizer {
-    int32_t vocab_size;    /* largest id + 1 */
-    const char **token_bytes; /* [vocab_size]: what each id decodes to; NULL: no such id */
-    uint32_t *token_len;   /* [vocab_size] */
-    char *decoded;         /* owns the token_bytes */
+    int32_t vocab_size;                /* largest id + 1 */
+    const char **token_bytes;          /* [vocab_size]: what each id decodes to; NULL: none */
+    uint32_t *token_len;               /* [vocab_size] */
+    char *decoded;                     /* owns the token_bytes */
     tk_bpe bpe;
-    char *strings;         /* owns the vocab keys */
+    char *strings;                     /* owns the vocab keys */
     tk_added_set added_raw, added_norm;
-    int nfc;               /* normalizer: NFC or none */
+    int nfc;                           /* normalizer: NFC or none */
     pcre2_code *splits[TK_MAX_SPLITS]; /* pre_tokenizer Split steps, in order */
     int n_splits;
     pcre2_code *bytelevel_re; /* NULL when ByteLevel has use_regex false */

@@ -47,16 +47,26 @@ void cm_rmsnorm_backward(float *din, float *dweight, const float *dout, const fl
 /* ---- linear ----------------------------------------------------------------
  *   din (n, n_in) += dout (n, n_out) · W;   dW (n_out, n_in) += doutᵀ · in;   db += Σ_rows dout
  * din is parallel over rows, dW and db over output features: every sum runs
- * in a fixed order whatever the thread count. */
+ * in a fixed order whatever the thread count. din walks W in blocks of
+ * W_BLOCK rows that stay in cache across a thread's rows, so that W is read
+ * once per thread rather than once per row (the LM head's W is V·d_model). */
+enum { W_BLOCK = 64 };
+
 void cm_linear_backward(float *din, float *dW, float *db, const float *dout, const float *in,
                         const float *W, int n, int n_in, int n_out) {
     const int big = (long)n * n_in * n_out > 100000;
-#pragma omp parallel for schedule(static) if (big)
-    for (int t = 0; t < n; t++) {
-        float *dx = din + (size_t)t * n_in;
-        for (int o = 0; o < n_out; o++) {
-            const float g = dout[(size_t)t * n_out + o], *w = W + (size_t)o * n_in;
-            for (int i = 0; i < n_in; i++) dx[i] += g * w[i];
+#pragma omp parallel if (big)
+    for (int o0 = 0; o0 < n_out; o0 += W_BLOCK) {
+        const int o1 = o0 + W_BLOCK < n_out ? o0 + W_BLOCK : n_out;
+        /* the same static split of rows in every block: no thread touches
+         * another's rows, so no barrier is needed */
+#pragma omp for schedule(static) nowait
+        for (int t = 0; t < n; t++) {
+            float *dx = din + (size_t)t * n_in;
+            for (int o = o0; o < o1; o++) {
+                const float g = dout[(size_t)t * n_out + o], *w = W + (size_t)o * n_in;
+                for (int i = 0; i < n_in; i++) dx[i] += g * w[i];
+            }
         }
     }
 #pragma omp parallel for schedule(static) if (big)
