@@ -6,5 +6,6 @@ int cmd_generate(int argc, char **argv);
 int cmd_forward(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_init(int argc, char **argv);
+int cmd_grad(int argc, char **argv);
 
 #endif
