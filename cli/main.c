@@ -13,6 +13,7 @@ static const struct {
     {"generate", cmd_generate, "generate text from a prompt"},
     {"forward", cmd_forward, "write the logits of every position of a sequence"},
     {"tokenize", cmd_tokenize, "text to token ids, or ids to text with --decode"},
+    {"train", cmd_train, "train a model from scratch on a task or a text file"},
     {"init", cmd_init, "write a freshly initialised model of any published size"},
     {"grad", cmd_grad, "gradients of the next-token loss of a sequence, as safetensors"},
 };

@@ -47,8 +47,11 @@ struct cm_train_buffers {
     layer_acts d;
     float *res_f, *xf, *dxf;            /* (n, d_model) final stream, its norm, dL/dxf */
     float *logits, *dlogits, *losses;   /* CE_ROWS rows */
+    float *xg, *dxg;                    /* (CE_ROWS, d_model) scored rows of xf, gathered */
     float *h;                           /* (d_inner, d_state) scan state */
-    int32_t *inputs, *targets;          /* (n) */
+    int32_t *inputs, *targets;          /* (n); a target < 0 is not scored */
+    int32_t *scored;                    /* (n) rows whose target is scored */
+    int32_t tg[CE_ROWS];                /* targets of the gathered rows */
 };
 
 /* ---- parameters ---------------------------------------------------------- */
@@ -168,6 +171,7 @@ static void buffers_release(cm_train_buffers *b) {
     free(b->acts);
     free(b->inputs);
     free(b->targets);
+    free(b->scored);
 }
 
 void cm_train_model_free(cm_train_model *m) {
@@ -231,6 +235,8 @@ static size_t carve(cm_train_buffers *b, const cmamba_config *c, size_t n, float
     b->logits = take(base, &used, CE_ROWS * V);
     b->dlogits = take(base, &used, CE_ROWS * V);
     b->losses = take(base, &used, CE_ROWS);
+    b->xg = take(base, &used, CE_ROWS * dm);
+    b->dxg = take(base, &used, CE_ROWS * dm);
     b->h = take(base, &used, (size_t)c->d_inner * c->d_state);
     return used;
 }
@@ -245,7 +251,7 @@ static int buffers_reserve(cm_train_model *m, int B, int T, cmamba_error *err) {
     T = T > b->cap_T ? T : b->cap_T;
     buffers_release(b);
     b->arena = b->scan_work = NULL;
-    b->inputs = b->targets = NULL;
+    b->inputs = b->targets = b->scored = NULL;
     b->cap_n = b->cap_T = 0;
     if (!(b->acts = cm_calloc((size_t)c->n_layer, sizeof *b->acts, err))) return -1;
     size_t floats = carve(b, c, (size_t)n, NULL), bytes;
@@ -255,29 +261,32 @@ static int buffers_reserve(cm_train_model *m, int B, int T, cmamba_error *err) {
     b->scan_work = cm_malloc(sizeof(float) * cm_scan_backward_work(T, c->d_state, b->groups), err);
     b->inputs = cm_malloc(sizeof(int32_t) * n, err);
     b->targets = cm_malloc(sizeof(int32_t) * n, err);
-    if (!b->arena || !b->scan_work || !b->inputs || !b->targets) return -1;
+    b->scored = cm_malloc(sizeof(int32_t) * n, err);
+    if (!b->arena || !b->scan_work || !b->inputs || !b->targets || !b->scored) return -1;
     carve(b, c, (size_t)n, b->arena);
     b->cap_n = n;
     b->cap_T = T;
     return 0;
 }
 
-/* Checks the batch, sizes the buffers, splits ids (B, T+1) into inputs and
- * next-token targets (B·T each). */
-static int prepare(cm_train_model *m, const int32_t *ids, int B, int T, cmamba_error *err) {
+/* Checks the batch and sizes the buffers; inputs and targets are (B, T). */
+static int prepare(cm_train_model *m, const int32_t *inputs, const int32_t *targets, int B,
+                   int T, cmamba_error *err) {
     const int V = m->cfg.vocab_size;
     if (B < 1 || T < 1 || (long)B * T > 1L << 30)
         return cm_fail(err, "batch of %d sequences of %d tokens: sizes out of range", B, T);
-    for (long i = 0; i < (long)B * (T + 1); i++)
-        if (ids[i] < 0 || ids[i] >= V)
-            return cm_fail(err, "token id %ld at position %ld is outside the vocabulary [0, %d)",
-                           (long)ids[i], i, V);
+    const long n = (long)B * T;
+    for (long i = 0; i < n; i++) {
+        if (inputs[i] < 0 || inputs[i] >= V)
+            return cm_fail(err, "input id %ld at position %ld is outside the vocabulary [0, %d)",
+                           (long)inputs[i], i, V);
+        if (targets[i] >= V)
+            return cm_fail(err, "target id %ld at position %ld is outside the vocabulary [0, %d)",
+                           (long)targets[i], i, V);
+    }
     if (buffers_reserve(m, B, T, err)) return -1;
-    for (int s = 0; s < B; s++)
-        for (int t = 0; t < T; t++) {
-            m->buf->inputs[s * T + t] = ids[(size_t)s * (T + 1) + t];
-            m->buf->targets[s * T + t] = ids[(size_t)s * (T + 1) + t + 1];
-        }
+    memcpy(m->buf->inputs, inputs, sizeof(int32_t) * n);
+    memcpy(m->buf->targets, targets, sizeof(int32_t) * n);
     return 0;
 }
 
@@ -343,27 +352,52 @@ static void forward(cm_train_model *m, int B, int T) {
     cm_rmsnorm(b->xf, b->res_f, m->w.norm_f, n, c->d_model, c->eps);
 }
 
-/* LM head and mean cross-entropy over the n rows of xf, CE_ROWS rows at a
- * time. With backward, the logits' gradient goes at once into dxf and the
- * head's weights (the embedding's, when tied), so no (n, vocab) tensor ever
+/* LM head and cross-entropy over the scored rows of xf, gathered CE_ROWS at
+ * a time (rows with no target cost nothing). With grad_weight > 0 the
+ * gradient of grad_weight · (mean loss) goes at once into dxf and the head's
+ * weights (the embedding's, when tied), so no (n, vocab) tensor ever
  * exists. */
-static float head_loss(cm_train_model *m, int n, int backward) {
+static void head_loss(cm_train_model *m, int n, float grad_weight, cm_train_stats *st) {
     const int dm = m->cfg.d_model, V = m->cfg.vocab_size;
     cm_train_buffers *b = m->buf;
+    long n_scored = 0;
+    for (int i = 0; i < n; i++)
+        if (b->targets[i] >= 0) b->scored[n_scored++] = i;
     double sum = 0.0;
-    for (int r0 = 0; r0 < n; r0 += CE_ROWS) {
-        const int rows = n - r0 < CE_ROWS ? n - r0 : CE_ROWS;
-        const float *x = b->xf + (size_t)r0 * dm;
-        cm_linear(b->logits, x, m->w.lm_head, NULL, rows, dm, V);
-        cm_crossentropy_forward(b->logits, b->losses, b->logits, b->targets + r0, rows, V);
-        for (int i = 0; i < rows; i++) sum += b->losses[i];
-        if (!backward) continue;
+    long correct = 0;
+    for (long r0 = 0; r0 < n_scored; r0 += CE_ROWS) {
+        const int rows = n_scored - r0 < CE_ROWS ? (int)(n_scored - r0) : CE_ROWS;
+        for (int i = 0; i < rows; i++) {
+            const int r = b->scored[r0 + i];
+            memcpy(b->xg + (size_t)i * dm, b->xf + (size_t)r * dm, sizeof(float) * dm);
+            b->tg[i] = b->targets[r];
+        }
+        cm_linear(b->logits, b->xg, m->w.lm_head, NULL, rows, dm, V);
+        cm_crossentropy_forward(b->logits, b->losses, b->logits, b->tg, rows, V);
+        for (int i = 0; i < rows; i++) {
+            const float *p = b->logits + (size_t)i * V;
+            int best = 0;
+            for (int v = 1; v < V; v++)
+                if (p[v] > p[best]) best = v;
+            correct += best == b->tg[i];
+            sum += b->losses[i];
+        }
+        if (grad_weight <= 0) continue;
         memset(b->dlogits, 0, sizeof(float) * rows * V);
-        cm_crossentropy_backward(b->dlogits, b->logits, b->targets + r0, 1.0f / n, rows, V);
-        cm_linear_backward(b->dxf + (size_t)r0 * dm, m->dw.lm_head, NULL, b->dlogits, x,
-                           m->w.lm_head, rows, dm, V);
+        memset(b->dxg, 0, sizeof(float) * rows * dm);
+        cm_crossentropy_backward(b->dlogits, b->logits, b->tg, grad_weight / n_scored, rows, V);
+        cm_linear_backward(b->dxg, m->dw.lm_head, NULL, b->dlogits, b->xg, m->w.lm_head, rows, dm,
+                           V);
+        for (int i = 0; i < rows; i++) {
+            float *dst = b->dxf + (size_t)b->scored[r0 + i] * dm;
+            const float *src = b->dxg + (size_t)i * dm;
+            for (int k = 0; k < dm; k++) dst[k] += src[k];
+        }
     }
-    return (float)(sum / n);
+    st->loss = n_scored ? (float)(sum / n_scored) : 0.0f;
+    st->loss_sum = sum;
+    st->scored = n_scored;
+    st->correct = correct;
 }
 
 /* ---- backward ----------------------------------------------------------------- */
@@ -416,15 +450,16 @@ static void layer_backward(cm_train_model *m, int l, int B, int T) {
     cm_rmsnorm_backward(d->res, g->norm, d->normed, a->res, w->norm, n, dm, c->eps);
 }
 
-int cm_train_forward_backward(cm_train_model *m, const int32_t *ids, int B, int T, float *loss,
-                              cmamba_error *err) {
+int cm_train_run(cm_train_model *m, const int32_t *inputs, const int32_t *targets, int B, int T,
+                 float grad_weight, cm_train_stats *st, cmamba_error *err) {
     const cmamba_config *c = &m->cfg;
     cm_train_buffers *b = m->buf;
-    if (prepare(m, ids, B, T, err)) return -1;
+    if (prepare(m, inputs, targets, B, T, err)) return -1;
     const int n = B * T;
     forward(m, B, T);
     memset(b->dxf, 0, sizeof(float) * n * c->d_model);
-    *loss = head_loss(m, n, 1);
+    head_loss(m, n, grad_weight, st);
+    if (grad_weight <= 0 || st->scored == 0) return 0;
     memset(b->d.res, 0, sizeof(float) * n * c->d_model);
     cm_rmsnorm_backward(b->d.res, m->dw.norm_f, b->dxf, b->res_f, m->w.norm_f, n, c->d_model,
                         c->eps);
@@ -433,10 +468,33 @@ int cm_train_forward_backward(cm_train_model *m, const int32_t *ids, int B, int 
     return 0;
 }
 
+/* ids (B, T+1) as next-token inputs and targets, every position scored. */
+static int run_ids(cm_train_model *m, const int32_t *ids, int B, int T, float grad_weight,
+                   float *loss, cmamba_error *err) {
+    if (B < 1 || T < 1 || (long)B * T > 1L << 30)
+        return cm_fail(err, "batch of %d sequences of %d tokens: sizes out of range", B, T);
+    const size_t n = (size_t)B * T;
+    int32_t *in = cm_malloc(sizeof(int32_t) * n * 2, err);
+    if (!in) return -1;
+    int32_t *tg = in + n;
+    for (int s = 0; s < B; s++)
+        for (int t = 0; t < T; t++) {
+            in[(size_t)s * T + t] = ids[(size_t)s * (T + 1) + t];
+            tg[(size_t)s * T + t] = ids[(size_t)s * (T + 1) + t + 1];
+        }
+    cm_train_stats st;
+    int rc = cm_train_run(m, in, tg, B, T, grad_weight, &st, err);
+    free(in);
+    *loss = st.loss;
+    return rc;
+}
+
+int cm_train_forward_backward(cm_train_model *m, const int32_t *ids, int B, int T, float *loss,
+                              cmamba_error *err) {
+    return run_ids(m, ids, B, T, 1.0f, loss, err);
+}
+
 int cm_train_loss(cm_train_model *m, const int32_t *ids, int B, int T, float *loss,
                   cmamba_error *err) {
-    if (prepare(m, ids, B, T, err)) return -1;
-    forward(m, B, T);
-    *loss = head_loss(m, B * T, 0);
-    return 0;
+    return run_ids(m, ids, B, T, 0.0f, loss, err);
 }

@@ -64,6 +64,21 @@ void cm_train_model_free(cm_train_model *m);
 
 void cm_train_zero_grad(cm_train_model *m);
 
+typedef struct {
+    float loss;      /* mean cross-entropy over the scored targets (0 if none) */
+    double loss_sum; /* their sum */
+    long scored;     /* targets scored */
+    long correct;    /* of which the argmax of the logits is the target */
+} cm_train_stats;
+
+/* inputs, targets: (B, T); a target < 0 is not scored (the tasks' prompt
+ * positions). Forward over the batch and the loss statistics; with
+ * grad_weight > 0 also the backward, ADDING the gradient of
+ * grad_weight · (mean loss) to m->grads (1/k for k accumulated micro-
+ * batches); grad_weight 0 leaves grads untouched (evaluation). */
+int cm_train_run(cm_train_model *m, const int32_t *inputs, const int32_t *targets, int B, int T,
+                 float grad_weight, cm_train_stats *st, cmamba_error *err);
+
 /* ids: (B, T+1), B sequences each giving T next-token predictions. *loss is
  * the mean cross-entropy over all B·T of them; its gradient is ADDED to
  * m->grads (zero them first; calling again accumulates). */

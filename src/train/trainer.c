@@ -1,0 +1,485 @@
+#include "train/trainer.h"
+
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common.h"
+#include "io/config.h"
+#include "train/checkpoint.h"
+#include "train/data.h"
+#include "train/plot.h"
+#include "train/train_model.h"
+
+/* Where the validation examples of a task come from: a generator of their
+ * own, so the held-out set is the same at every validation and never drawn
+ * from the training stream. */
+#define VAL_SEED_MIX 0x6a09e667f3bcc909ULL
+
+typedef struct {
+    float *v;
+    size_t n, cap;
+} series;
+
+struct cm_trainer {
+    cm_trainer_options o;
+    cm_train_model *m;
+    cm_adamw opt;
+    cm_text_data text; /* when !o.use_task */
+    uint64_t rng;      /* the training data stream */
+    int T;             /* tokens per sequence */
+    int32_t *inputs, *targets; /* (batch, T) */
+    series loss, val_step, val_loss, val_acc;
+};
+
+static int series_push(series *s, float v, cmamba_error *err) {
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? 2 * s->cap : 256;
+        float *p = realloc(s->v, cap * sizeof *p);
+        if (!p) return cm_fail(err, "out of memory");
+        s->v = p;
+        s->cap = cap;
+    }
+    s->v[s->n++] = v;
+    return 0;
+}
+
+void cm_trainer_defaults(cm_trainer_options *o) {
+    memset(o, 0, sizeof *o);
+    o->model = (cmamba_config){.d_model = 64, .n_layer = 2, .d_state = 16, .d_conv = 4,
+                               .expand = 2, .eps = 1e-5f, .use_conv_bias = 1,
+                               .tie_embeddings = 1, .layout = CMAMBA_LAYOUT_HF};
+    o->use_task = 1;
+    o->task = (cm_task){.kind = CM_TASK_SELECTIVE_COPYING, .seq_len = 256, .n_tokens = 16,
+                        .vocab = 16};
+    o->val_fraction = 0.1;
+    o->opt = (cm_adamw_params){.lr = 2e-3f, .min_lr = 2e-4f, .beta1 = 0.9f, .beta2 = 0.95f,
+                               .eps = 1e-8f, .weight_decay = 0.1f, .clip = 1.0f,
+                               .warmup_steps = 100, .total_steps = 2000};
+    o->batch = 32;
+    o->seq_len = 256;
+    o->accum = 1;
+    o->steps = 2000;
+    o->seed = 1;
+    o->eval_every = 200;
+    o->save_every = 500;
+    o->eval_batches = 8;
+    snprintf(o->out_dir, sizeof o->out_dir, "runs/selective-copying");
+}
+
+const cm_trainer_options *cm_trainer_opts(const cm_trainer *t) { return &t->o; }
+long cm_trainer_step(const cm_trainer *t) { return t->opt.step; }
+
+/* ---- options <-> trainer.json ------------------------------------------------ */
+
+static cJSON *options_json(const cm_trainer_options *o) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "d_model", o->model.d_model);
+    cJSON_AddNumberToObject(j, "n_layer", o->model.n_layer);
+    cJSON_AddNumberToObject(j, "d_state", o->model.d_state);
+    cJSON_AddNumberToObject(j, "d_conv", o->model.d_conv);
+    cJSON_AddNumberToObject(j, "expand", o->model.expand);
+    cJSON_AddNumberToObject(j, "dt_rank", o->model.dt_rank);
+    cJSON_AddNumberToObject(j, "tie_embeddings", o->model.tie_embeddings);
+    cJSON_AddNumberToObject(j, "use_task", o->use_task);
+    cJSON_AddStringToObject(j, "task", cm_task_name(o->task.kind));
+    cJSON_AddNumberToObject(j, "task_seq_len", o->task.seq_len);
+    cJSON_AddNumberToObject(j, "task_tokens", o->task.n_tokens);
+    cJSON_AddNumberToObject(j, "task_vocab", o->task.vocab);
+    cJSON_AddStringToObject(j, "data", o->data_path);
+    cJSON_AddStringToObject(j, "tokenizer", o->tokenizer_path);
+    cJSON_AddNumberToObject(j, "val_fraction", o->val_fraction);
+    cJSON_AddNumberToObject(j, "lr", o->opt.lr);
+    cJSON_AddNumberToObject(j, "min_lr", o->opt.min_lr);
+    cJSON_AddNumberToObject(j, "weight_decay", o->opt.weight_decay);
+    cJSON_AddNumberToObject(j, "clip", o->opt.clip);
+    cJSON_AddNumberToObject(j, "warmup", (double)o->opt.warmup_steps);
+    cJSON_AddNumberToObject(j, "batch", o->batch);
+    cJSON_AddNumberToObject(j, "seq_len", o->seq_len);
+    cJSON_AddNumberToObject(j, "accum", o->accum);
+    cJSON_AddNumberToObject(j, "steps", (double)o->steps);
+    char seed[24];
+    snprintf(seed, sizeof seed, "%" PRIu64, o->seed);
+    cJSON_AddStringToObject(j, "seed", seed);
+    cJSON_AddNumberToObject(j, "eval_every", (double)o->eval_every);
+    cJSON_AddNumberToObject(j, "eval_batches", o->eval_batches);
+    cJSON_AddNumberToObject(j, "save_every", (double)o->save_every);
+    return j;
+}
+
+/* Number field `key` of j, or an error naming file and key. */
+static int num(const cJSON *j, const char *key, const char *file, double *v, cmamba_error *err) {
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(j, key);
+    if (!cJSON_IsNumber(f)) return cm_fail(err, "%s: missing or non-numeric '%s'", file, key);
+    *v = f->valuedouble;
+    return 0;
+}
+
+static int str(const cJSON *j, const char *key, const char *file, char *out, size_t cap,
+               cmamba_error *err) {
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(j, key);
+    if (!cJSON_IsString(f) || strlen(f->valuestring) >= cap)
+        return cm_fail(err, "%s: missing or overlong string '%s'", file, key);
+    memcpy(out, f->valuestring, strlen(f->valuestring) + 1);
+    return 0;
+}
+
+static int options_parse(const cJSON *j, const char *file, cm_trainer_options *o,
+                         cmamba_error *err) {
+    cm_trainer_defaults(o);
+    double v[24];
+    static const char *const keys[] = {
+        "d_model", "n_layer", "d_state", "d_conv", "expand", "dt_rank", "tie_embeddings",
+        "use_task", "task_seq_len", "task_tokens", "task_vocab", "val_fraction", "lr", "min_lr",
+        "weight_decay", "clip", "warmup", "batch", "seq_len", "accum", "steps", "eval_every",
+        "eval_batches", "save_every"};
+    for (int i = 0; i < 24; i++)
+        if (num(j, keys[i], file, &v[i], err)) return -1;
+    char task[64], seed[24];
+    if (str(j, "task", file, task, sizeof task, err) ||
+        str(j, "data", file, o->data_path, sizeof o->data_path, err) ||
+        str(j, "tokenizer", file, o->tokenizer_path, sizeof o->tokenizer_path, err) ||
+        str(j, "seed", file, seed, sizeof seed, err))
+        return -1;
+    if (cm_task_parse(task, &o->task.kind)) return cm_fail(err, "%s: unknown task '%s'", file, task);
+    o->model.d_model = (int)v[0];
+    o->model.n_layer = (int)v[1];
+    o->model.d_state = (int)v[2];
+    o->model.d_conv = (int)v[3];
+    o->model.expand = (int)v[4];
+    o->model.dt_rank = (int)v[5];
+    o->model.tie_embeddings = (int)v[6];
+    o->use_task = (int)v[7];
+    o->task.seq_len = (int)v[8];
+    o->task.n_tokens = (int)v[9];
+    o->task.vocab = (int)v[10];
+    o->val_fraction = v[11];
+    o->opt.lr = (float)v[12];
+    o->opt.min_lr = (float)v[13];
+    o->opt.weight_decay = (float)v[14];
+    o->opt.clip = (float)v[15];
+    o->opt.warmup_steps = (long)v[16];
+    o->batch = (int)v[17];
+    o->seq_len = (int)v[18];
+    o->accum = (int)v[19];
+    o->steps = (long)v[20];
+    o->eval_every = (long)v[21];
+    o->eval_batches = (int)v[22];
+    o->save_every = (long)v[23];
+    o->seed = strtoull(seed, NULL, 10);
+    o->opt.total_steps = o->steps;
+    return 0;
+}
+
+static cJSON *series_json(const series *s) {
+    cJSON *a = cJSON_CreateArray();
+    for (size_t i = 0; i < s->n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(s->v[i]));
+    return a;
+}
+
+static int series_parse(const cJSON *j, const char *key, const char *file, series *s, size_t n,
+                        cmamba_error *err) {
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, key), *e;
+    if (!cJSON_IsArray(a)) return cm_fail(err, "%s: missing array '%s'", file, key);
+    cJSON_ArrayForEach(e, a) {
+        if (s->n == n) break;
+        if (!cJSON_IsNumber(e)) return cm_fail(err, "%s: non-number in '%s'", file, key);
+        if (series_push(s, (float)e->valuedouble, err)) return -1;
+    }
+    return 0;
+}
+
+static char *trainer_json(const cm_trainer *t) {
+    cJSON *j = cJSON_CreateObject();
+    char rng[24];
+    snprintf(rng, sizeof rng, "%" PRIu64, t->rng);
+    cJSON_AddStringToObject(j, "format", "cmamba-trainer");
+    cJSON_AddNumberToObject(j, "step", (double)t->opt.step);
+    cJSON_AddStringToObject(j, "rng", rng);
+    cJSON_AddItemToObject(j, "options", options_json(&t->o));
+    cJSON_AddItemToObject(j, "loss", series_json(&t->loss));
+    cJSON_AddItemToObject(j, "val_step", series_json(&t->val_step));
+    cJSON_AddItemToObject(j, "val_loss", series_json(&t->val_loss));
+    cJSON_AddItemToObject(j, "val_accuracy", series_json(&t->val_acc));
+    char *s = cJSON_Print(j);
+    cJSON_Delete(j);
+    return s;
+}
+
+/* ---- set-up ------------------------------------------------------------------- */
+
+static const char *options_check(const cm_trainer_options *o) {
+    if (o->batch < 1 || o->batch > 1 << 16) return "--batch must be in [1, 65536]";
+    if (o->accum < 1 || o->accum > 1 << 16) return "--accum must be in [1, 65536]";
+    if (o->steps < 1) return "--steps must be at least 1";
+    if (!o->use_task && (o->seq_len < 1 || o->seq_len > 1 << 24))
+        return "--seq-len must be in [1, 2^24]";
+    if (o->use_task) return cm_task_check(&o->task);
+    return NULL;
+}
+
+/* Data, buffers, optimizer: everything but the parameters. */
+static int setup(cm_trainer *t, cmamba_error *err) {
+    const cm_trainer_options *o = &t->o;
+    const char *bad = options_check(o);
+    if (bad) return cm_fail(err, "train: %s", bad);
+    if (o->use_task) {
+        t->T = cm_task_length(&o->task);
+    } else {
+        cmamba_tokenizer *tok = NULL;
+        if (o->tokenizer_path[0] && cmamba_tokenizer_load(o->tokenizer_path, &tok, err)) return -1;
+        int rc = cm_text_load(o->data_path, tok, o->val_fraction, &t->text, err);
+        cmamba_tokenizer_free(tok);
+        if (rc) return -1;
+        t->T = o->seq_len;
+        if (t->text.n_train < (size_t)t->T + 1)
+            return cm_fail(err, "%s: %zu training tokens, fewer than one window of %d",
+                           o->data_path, t->text.n_train, t->T + 1);
+        if (cm_text_val_windows(&t->text, t->T) == 0)
+            return cm_fail(err, "%s: the validation part is shorter than one window of %d tokens",
+                           o->data_path, t->T + 1);
+    }
+    size_t n = (size_t)o->batch * t->T;
+    t->inputs = cm_malloc(sizeof(int32_t) * n, err);
+    t->targets = cm_malloc(sizeof(int32_t) * n, err);
+    if (!t->inputs || !t->targets) return -1;
+    return cm_adamw_init(&t->opt, &o->opt, t->m->desc, t->m->n_tensors, err);
+}
+
+/* The model config of o once the data fixes the vocabulary. */
+static int model_config(cm_trainer_options *o, int vocab, cmamba_error *err) {
+    cmamba_config *c = &o->model;
+    c->vocab_size = vocab;
+    if (c->d_model < 1 || c->n_layer < 1 || c->expand < 1 || c->d_state < 1 || c->d_conv < 1)
+        return cm_fail(err, "train: model sizes must be at least 1");
+    c->d_inner = c->expand * c->d_model;
+    if (c->dt_rank <= 0) c->dt_rank = (c->d_model + 15) / 16;
+    return 0;
+}
+
+int cm_trainer_new(const cm_trainer_options *o, cm_trainer **out, cmamba_error *err) {
+    cm_trainer *t = cm_calloc(1, sizeof *t, err);
+    if (!(*out = t)) return -1;
+    t->o = *o;
+    t->o.opt.total_steps = o->steps;
+    int vocab = 256;
+    if (o->use_task) {
+        const char *bad = cm_task_check(&o->task);
+        if (bad) return cm_fail(err, "train: %s", bad);
+        vocab = cm_task_model_vocab(&o->task);
+    } else if (o->tokenizer_path[0]) {
+        cmamba_tokenizer *tok;
+        if (cmamba_tokenizer_load(o->tokenizer_path, &tok, err)) return -1;
+        vocab = cmamba_tokenizer_vocab_size(tok);
+        cmamba_tokenizer_free(tok);
+    }
+    if (model_config(&t->o, vocab, err)) return -1;
+    if (cm_train_model_new(&t->o.model, o->seed, &t->m, err)) return -1;
+    t->rng = o->seed ^ 0xd1b54a32d192ed03ULL;
+    return setup(t, err);
+}
+
+int cm_trainer_resume(const char *out_dir, cm_trainer **out, cmamba_error *err) {
+    cm_trainer *t = cm_calloc(1, sizeof *t, err);
+    char *ckpt = NULL, *path = NULL, *text = NULL;
+    cJSON *j = NULL;
+    int rc = -1;
+    if (!(*out = t)) return -1;
+    if (cm_ckpt_latest(out_dir, &ckpt, err)) goto done;
+    if (!(path = cm_path_join(ckpt, "trainer.json"))) goto oom;
+    if (cm_read_file(path, 1 << 30, &text, NULL, err)) goto done;
+    if (!(j = cJSON_Parse(text))) {
+        cm_fail(err, "%s: not valid JSON", path);
+        goto done;
+    }
+    double step = 0;
+    char rng[24];
+    if (num(j, "step", path, &step, err) || str(j, "rng", path, rng, sizeof rng, err) ||
+        options_parse(cJSON_GetObjectItemCaseSensitive(j, "options"), path, &t->o, err))
+        goto done;
+    snprintf(t->o.out_dir, sizeof t->o.out_dir, "%s", out_dir);
+    if (cm_train_model_load(ckpt, &t->m, err)) goto done;
+    t->o.model = t->m->cfg;
+    if (setup(t, err) || cm_ckpt_load_optimizer(ckpt, t->m, &t->opt, err)) goto done;
+    t->opt.step = (long)step;
+    t->rng = strtoull(rng, NULL, 10);
+    if (series_parse(j, "loss", path, &t->loss, (size_t)step, err) ||
+        series_parse(j, "val_step", path, &t->val_step, SIZE_MAX, err) ||
+        series_parse(j, "val_loss", path, &t->val_loss, SIZE_MAX, err) ||
+        series_parse(j, "val_accuracy", path, &t->val_acc, SIZE_MAX, err))
+        goto done;
+    rc = 0;
+    goto done;
+oom:
+    cm_fail(err, "out of memory");
+done:
+    cJSON_Delete(j);
+    free(text);
+    free(path);
+    free(ckpt);
+    return rc;
+}
+
+void cm_trainer_free(cm_trainer *t) {
+    if (!t) return;
+    cm_train_model_free(t->m);
+    cm_adamw_free(&t->opt);
+    if (!t->o.use_task) cm_text_free(&t->text);
+    free(t->inputs);
+    free(t->targets);
+    free(t->loss.v);
+    free(t->val_step.v);
+    free(t->val_loss.v);
+    free(t->val_acc.v);
+    free(t);
+}
+
+/* ---- batches ------------------------------------------------------------------ */
+
+/* ids (B, T+1) split into next-token inputs and targets (B, T). */
+static void split_windows(const int32_t *ids, int B, int T, int32_t *in, int32_t *tg) {
+    for (int s = 0; s < B; s++) {
+        memcpy(in + (size_t)s * T, ids + (size_t)s * (T + 1), sizeof(int32_t) * T);
+        memcpy(tg + (size_t)s * T, ids + (size_t)s * (T + 1) + 1, sizeof(int32_t) * T);
+    }
+}
+
+/* Batch i of the held-out set, or (rng non-NULL) the next training batch. */
+static int fill_batch(cm_trainer *t, uint64_t *rng, size_t val_index, cmamba_error *err) {
+    const int B = t->o.batch, T = t->T;
+    if (t->o.use_task) {
+        uint64_t vr = t->o.seed ^ VAL_SEED_MIX;
+        if (!rng) {
+            /* validation batch i: skip the examples of the batches before it */
+            for (size_t i = 0; i < val_index * B; i++) cm_task_sample(&t->o.task, &vr, t->inputs, t->targets);
+            rng = &vr;
+        }
+        for (int s = 0; s < B; s++)
+            cm_task_sample(&t->o.task, rng, t->inputs + (size_t)s * T, t->targets + (size_t)s * T);
+        return 0;
+    }
+    int32_t *ids = cm_malloc(sizeof(int32_t) * (size_t)B * (T + 1), err);
+    if (!ids) return -1;
+    if (rng) {
+        cm_text_train_batch(&t->text, rng, B, T, ids);
+    } else {
+        /* windows spread evenly over the validation part */
+        const size_t n = cm_text_val_windows(&t->text, T), want = (size_t)t->o.eval_batches * B;
+        const size_t stride = n > want ? n / want : 1;
+        for (int s = 0; s < B; s++)
+            cm_text_val_window(&t->text, ((val_index * B + s) * stride) % n, T,
+                               ids + (size_t)s * (T + 1));
+    }
+    split_windows(ids, B, T, t->inputs, t->targets);
+    free(ids);
+    return 0;
+}
+
+int cm_trainer_validate(cm_trainer *t, int batches, double *loss, double *accuracy,
+                        cmamba_error *err) {
+    double sum = 0;
+    long scored = 0, correct = 0;
+    for (int i = 0; i < batches; i++) {
+        cm_train_stats st;
+        if (fill_batch(t, NULL, (size_t)i, err) ||
+            cm_train_run(t->m, t->inputs, t->targets, t->o.batch, t->T, 0.0f, &st, err))
+            return -1;
+        sum += st.loss_sum;
+        scored += st.scored;
+        correct += st.correct;
+    }
+    *loss = scored ? sum / scored : 0;
+    *accuracy = t->o.use_task && scored ? (double)correct / scored : -1;
+    return 0;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int save(cm_trainer *t, cmamba_error *err) {
+    char *json = trainer_json(t);
+    if (!json) return cm_fail(err, "out of memory");
+    int rc = cm_ckpt_save(t->o.out_dir, t->opt.step, t->m, &t->opt, json, err);
+    free(json);
+    return rc;
+}
+
+int cm_trainer_run(cm_trainer *t, cm_trainer_report report, void *ctx, cmamba_error *err) {
+    const cm_trainer_options *o = &t->o;
+    const double t0 = now_s();
+    const long first = t->opt.step;
+    for (long step = first; step < o->steps; step++) {
+        cm_train_zero_grad(t->m);
+        double loss = 0;
+        long scored = 0, correct = 0;
+        for (int a = 0; a < o->accum; a++) {
+            cm_train_stats st;
+            if (fill_batch(t, &t->rng, 0, err) ||
+                cm_train_run(t->m, t->inputs, t->targets, o->batch, t->T, 1.0f / o->accum, &st,
+                             err))
+                return -1;
+            loss += st.loss / o->accum;
+            scored += st.scored;
+            correct += st.correct;
+        }
+        cm_trainer_progress p = {.step = step + 1, .steps = o->steps, .loss = (float)loss,
+                                 .lr = cm_lr_at(&o->opt, step)};
+        p.grad_norm = cm_adamw_step(&t->opt, t->m->params, t->m->grads);
+        if (!isfinite(p.loss)) return cm_fail(err, "train: loss is %g at step %ld", p.loss, step + 1);
+        if (series_push(&t->loss, p.loss, err)) return -1;
+        p.accuracy = o->use_task && scored ? (double)correct / scored : -1;
+        p.elapsed_s = now_s() - t0;
+        p.tokens_per_s = (double)(step + 1 - first) * o->accum * o->batch * t->T / p.elapsed_s;
+        const int last = step + 1 == o->steps;
+        if ((o->eval_every > 0 && (step + 1) % o->eval_every == 0) || last) {
+            if (cm_trainer_validate(t, o->eval_batches, &p.val_loss, &p.val_accuracy, err)) return -1;
+            p.has_val = 1;
+            if (series_push(&t->val_step, (float)(step + 1), err) ||
+                series_push(&t->val_loss, (float)p.val_loss, err) ||
+                series_push(&t->val_acc, (float)p.val_accuracy, err))
+                return -1;
+        }
+        if (((o->save_every > 0 && (step + 1) % o->save_every == 0) || last) && save(t, err))
+            return -1;
+        if (report) report(ctx, &p);
+    }
+    return cm_model_save(o->out_dir, t->m, err);
+}
+
+int cm_trainer_plot(const cm_trainer *t, const char *path, cmamba_error *err) {
+    const size_t n = t->loss.n;
+    float *x = cm_malloc(sizeof(float) * (2 * n + 1), err);
+    if (!x) return -1;
+    float *smooth = x + n;
+    /* a trailing mean over 1% of the run (at least 1 step) shows the trend
+     * through the noise of single batches */
+    const size_t w = n / 100 > 1 ? n / 100 : 1;
+    double sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        x[i] = (float)(i + 1);
+        sum += t->loss.v[i] - (i >= w ? t->loss.v[i - w] : 0.0f);
+        smooth[i] = (float)(sum / (i + 1 < w ? i + 1 : w));
+    }
+    const cm_plot_series s[] = {
+        {"train (mean of the last 1% of steps)", x, smooth, n, "#1f77b4"},
+        {"validation", t->val_step.v, t->val_loss.v, t->val_step.n, "#d62728"},
+    };
+    char title[1200];
+    if (t->o.use_task)
+        snprintf(title, sizeof title, "%s, L = %d: cross-entropy of the scored tokens",
+                 cm_task_name(t->o.task.kind), t->o.task.seq_len);
+    else
+        snprintf(title, sizeof title, "%s: cross-entropy per %s", t->o.data_path,
+                 t->o.tokenizer_path[0] ? "token" : "byte");
+    const cm_plot_axes axes = {title, "step", "loss (nats)", 1};
+    int rc = cm_plot_svg(path, &axes, s, 2, err);
+    free(x);
+    return rc;
+}
