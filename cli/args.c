@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <time.h>
 
 int arg_is(const char *arg, const char *name) {
     size_t n = strlen(name);
@@ -120,4 +122,16 @@ void die_usage(const char *cmd, const char *fmt, ...) {
     fprintf(stderr, " (see cmamba %s --help)\n", cmd);
     va_end(ap);
     exit(2);
+}
+
+double cli_now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+double cli_peak_rss_mib(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0; /* ru_maxrss is in KiB on Linux */
 }

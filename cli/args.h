@@ -19,4 +19,8 @@ int arg_ids(const char *cmd, const char *opt, const char *s, long limit, int32_t
 
 void die_usage(const char *cmd, const char *fmt, ...);
 
+/* Seconds on a monotonic clock, and the process's peak resident memory. */
+double cli_now_s(void);
+double cli_peak_rss_mib(void);
+
 #endif

@@ -31,12 +31,6 @@ static const char *usage =
     "Stops after N tokens or at the tokenizer's end-of-text token. Prompt and\n"
     "generation speed (tokens/s) go to stderr at the end.\n";
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Writes the complete UTF-8 characters of buf[0..n) (invalid bytes as
  * U+FFFD) and returns how many bytes were used; an unfinished character at
  * the end waits for the next token unless `final`. */
@@ -136,9 +130,9 @@ int cmd_generate(int argc, char **argv) {
     size_t n_pending = 0;
     int rc = 1;
 
-    double t_load = now_s();
+    double t_load = cli_now_s();
     if (cmamba_model_load(o.model_dir, &model, &err) || load_tokenizer(&o, &tok, &err)) goto fail;
-    t_load = now_s() - t_load;
+    t_load = cli_now_s() - t_load;
     const int V = cmamba_model_config(model)->vocab_size;
     if (o.prompt) {
         if (cmamba_tokenize(tok, o.prompt, strlen(o.prompt), &prompt, &n_prompt, &err)) {
@@ -169,9 +163,9 @@ int cmd_generate(int argc, char **argv) {
         fputs(o.prompt, stdout);
         fflush(stdout);
     }
-    double t0 = now_s();
+    double t0 = cli_now_s();
     if (cmamba_forward(model, state, prompt, n_prompt, logits, 0, &err)) goto fail;
-    double t1 = now_s();
+    double t1 = cli_now_s();
     long n_done = 0;
     for (; n_done < o.n_gen; n_done++) {
         int32_t id = cmamba_sample(sampler, logits);
@@ -198,17 +192,15 @@ int cmd_generate(int argc, char **argv) {
         if (n_done + 1 < o.n_gen && cmamba_step(model, state, id, logits, &err)) goto fail;
     }
     if (n_pending) emit_utf8(pending, n_pending, 1);
-    double t2 = now_s();
+    double t2 = cli_now_s();
     putchar('\n');
     fflush(stdout);
     if (!o.quiet) {
-        struct rusage ru;
-        getrusage(RUSAGE_SELF, &ru);
         fprintf(stderr,
                 "load: %.3f s | prompt: %zu tokens, %.1f tokens/s | generation: %ld tokens, "
                 "%.1f tokens/s | peak RSS: %.1f MiB\n",
                 t_load, n_prompt, (double)n_prompt / (t1 - t0), n_done,
-                n_done ? (double)n_done / (t2 - t1) : 0.0, (double)ru.ru_maxrss / 1024.0);
+                n_done ? (double)n_done / (t2 - t1) : 0.0, cli_peak_rss_mib());
     }
     rc = 0;
     goto done;

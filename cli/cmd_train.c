@@ -147,7 +147,7 @@ int cmd_train(int argc, char **argv) {
     if (out) snprintf(o.out_dir, sizeof o.out_dir, "%s", out);
     else if (!o.use_task) {
         const char *base = strrchr(o.data_path, '/');
-        snprintf(o.out_dir, sizeof o.out_dir, "runs/%s", base ? base + 1 : o.data_path);
+        snprintf(o.out_dir, sizeof o.out_dir, "runs/%.1000s", base ? base + 1 : o.data_path);
     } else snprintf(o.out_dir, sizeof o.out_dir, "runs/%s", cm_task_name(o.task.kind));
 
     cmamba_error err;

@@ -14,6 +14,7 @@ static const struct {
     {"forward", cmd_forward, "write the logits of every position of a sequence"},
     {"tokenize", cmd_tokenize, "text to token ids, or ids to text with --decode"},
     {"train", cmd_train, "train a model from scratch on a task or a text file"},
+    {"eval", cmd_eval, "task accuracy or validation loss of a checkpoint, at any length"},
     {"init", cmd_init, "write a freshly initialised model of any published size"},
     {"grad", cmd_grad, "gradients of the next-token loss of a sequence, as safetensors"},
 };

@@ -27,58 +27,75 @@ int cm_task_scored(const cm_task *t) { return t->kind == CM_TASK_INDUCTION ? 1 :
 const char *cm_task_check(const cm_task *t) {
     if (t->vocab < 2 || t->vocab > 1 << 20) return "vocabulary must be in [2, 2^20]";
     if (t->seq_len < 4 || t->seq_len > 1 << 24) return "sequence length must be in [4, 2^24]";
-    if (t->kind != CM_TASK_INDUCTION && (t->n_tokens < 1 || t->n_tokens > t->seq_len))
-        return "number of tokens to copy must be in [1, sequence length]";
+    if (t->kind != CM_TASK_INDUCTION &&
+        (t->n_tokens < 1 || t->n_tokens > t->seq_len || t->n_tokens > CM_TASK_MAX_COPY))
+        return "number of tokens to copy must be in [1, min(sequence length, 4096)]";
     return NULL;
 }
 
 static int below(uint64_t *rng, int n) { return (int)(cm_rng_uniform(rng) * n); }
 
-/* Copying: n data tokens then noise, recalled after the context: the
- * output at the j-th marker must be data token j. Selective copying: the
- * data tokens sit at random positions among the noise, so the model must
- * choose what to remember by content, not by time. */
-static void copying(const cm_task *t, int selective, uint64_t *rng, int32_t *in, int32_t *tgt) {
-    const int L = t->seq_len, n = t->n_tokens, marker = t->vocab + 1;
-    int32_t *data = tgt + L; /* drawn straight into their target slots */
-    for (int i = 0; i < L; i++) {
-        in[i] = 0;
-        tgt[i] = -1;
-    }
-    for (int j = 0; j < n; j++) {
-        data[j] = 1 + below(rng, t->vocab);
-        in[L + j] = marker;
-    }
-    if (selective) {
-        /* n distinct positions in increasing order (selection sampling) */
-        int placed = 0;
-        for (int i = 0; i < L && placed < n; i++)
-            if (below(rng, L - i) < n - placed) in[i] = data[placed++];
+/* Every task is drawn left to right, so that an example of any length can
+ * be produced a chunk at a time in constant memory (evaluation at 2^20
+ * tokens). What must be known in advance is drawn at the start: the data
+ * tokens of the copying tasks, the position and key of induction heads. */
+void cm_task_stream_init(cm_task_stream *s, const cm_task *t, uint64_t *rng) {
+    s->task = *t;
+    s->rng = rng;
+    s->pos = 0;
+    s->placed = 0;
+    if (t->kind == CM_TASK_INDUCTION) {
+        s->key = below(rng, t->vocab);
+        s->key_pos = below(rng, t->seq_len - 3);
     } else {
-        for (int j = 0; j < n; j++) in[j] = data[j];
+        for (int j = 0; j < t->n_tokens && j < CM_TASK_MAX_COPY; j++) s->data[j] = 1 + below(rng, t->vocab);
     }
 }
 
-/* Induction heads: random tokens with the special token followed by a key
- * somewhere; the sequence ends with the special token, whose next token
- * must be that key. */
-static void induction(const cm_task *t, uint64_t *rng, int32_t *in, int32_t *tgt) {
-    const int L = t->seq_len, special = t->vocab;
-    for (int i = 0; i < L; i++) {
-        in[i] = below(rng, t->vocab);
-        tgt[i] = -1;
+/* Copying: n data tokens then noise, recalled after the context: the
+ * output at the j-th marker must be data token j. Selective copying: the
+ * data tokens sit at random positions among the noise (chosen one position
+ * at a time by selection sampling: each of the remaining positions with the
+ * probability still needed), so the model must choose what to remember by
+ * content, not by time. */
+static void copying_token(cm_task_stream *s, int selective, int32_t *in, int32_t *tgt) {
+    const cm_task *t = &s->task;
+    const long i = s->pos, L = t->seq_len, n = t->n_tokens;
+    *tgt = -1;
+    if (i >= L) {
+        *in = t->vocab + 1;
+        *tgt = s->data[i - L];
+    } else if (selective) {
+        int take = s->placed < n && below(s->rng, (int)(L - i)) < n - s->placed;
+        *in = take ? s->data[s->placed++] : 0;
+    } else {
+        *in = i < n ? s->data[i] : 0;
     }
-    const int key = below(rng, t->vocab), pos = below(rng, L - 3);
-    in[pos] = special;
-    in[pos + 1] = key;
-    in[L - 1] = special;
-    tgt[L - 1] = key;
+}
+
+/* Induction heads: random tokens with the special token followed by the key
+ * once; the sequence ends with the special token, whose next token must be
+ * that key. */
+static void induction_token(cm_task_stream *s, int32_t *in, int32_t *tgt) {
+    const cm_task *t = &s->task;
+    const long i = s->pos, L = t->seq_len;
+    const int32_t drawn = below(s->rng, t->vocab);
+    *tgt = -1;
+    if (i == s->key_pos || i == L - 1) *in = t->vocab;
+    else if (i == s->key_pos + 1) *in = s->key;
+    else *in = drawn;
+    if (i == L - 1) *tgt = s->key;
+}
+
+void cm_task_stream_next(cm_task_stream *s, int n, int32_t *inputs, int32_t *targets) {
+    for (int k = 0; k < n; k++, s->pos++) {
+        if (s->task.kind == CM_TASK_INDUCTION) induction_token(s, &inputs[k], &targets[k]);
+        else copying_token(s, s->task.kind == CM_TASK_SELECTIVE_COPYING, &inputs[k], &targets[k]);
+    }
 }
 
 void cm_task_sample(const cm_task *t, uint64_t *rng, int32_t *inputs, int32_t *targets) {
-    switch (t->kind) {
-    case CM_TASK_COPYING: copying(t, 0, rng, inputs, targets); break;
-    case CM_TASK_SELECTIVE_COPYING: copying(t, 1, rng, inputs, targets); break;
-    case CM_TASK_INDUCTION: induction(t, rng, inputs, targets); break;
-    }
+    cm_task_stream s;
+    cm_task_stream_init(&s, t, rng);
+    cm_task_stream_next(&s, cm_task_length(t), inputs, targets);
 }

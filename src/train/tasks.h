@@ -28,6 +28,23 @@ const char *cm_task_check(const cm_task *t);
 /* Draws one example: inputs and targets both of cm_task_length(t). */
 void cm_task_sample(const cm_task *t, uint64_t *rng, int32_t *inputs, int32_t *targets);
 
+/* The same example a chunk at a time, in constant memory: init, then
+ * cm_task_stream_next until cm_task_length(t) tokens are out. The stream
+ * draws from *rng as it goes. */
+enum { CM_TASK_MAX_COPY = 4096 };
+typedef struct {
+    cm_task task;
+    uint64_t *rng;
+    long pos;                        /* tokens produced */
+    int placed;                      /* data tokens placed (selective copying) */
+    int32_t data[CM_TASK_MAX_COPY];  /* tokens to copy */
+    int32_t key;                     /* induction: the key ... */
+    long key_pos;                    /* ... and where the special token before it sits */
+} cm_task_stream;
+
+void cm_task_stream_init(cm_task_stream *s, const cm_task *t, uint64_t *rng);
+void cm_task_stream_next(cm_task_stream *s, int n, int32_t *inputs, int32_t *targets);
+
 int cm_task_parse(const char *name, cm_task_kind *kind);
 const char *cm_task_name(cm_task_kind kind);
 
