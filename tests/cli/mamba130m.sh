@@ -21,3 +21,6 @@ awk -v rss="$rss_mib" -v w="$weights" 'BEGIN {
   printf "weights %.1f MiB, peak RSS %.1f MiB, ratio %.2f (limit 1.15)\n", w / 1048576, rss, ratio
   exit !(ratio < 1.15)
 }'
+
+load_s=$(sed -nE 's/^load: ([0-9.]+) s.*/\1/p' "$CMAMBA_TMP/130m.err")
+awk -v s="$load_s" 'BEGIN { printf "load %.3f s (limit 1 s)\n", s; exit !(s < 1.0) }'
