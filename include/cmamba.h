@@ -24,6 +24,10 @@ typedef struct {
 
 /* The shape of a Mamba-1 language model, whichever checkpoint layout it came from. */
 typedef enum { CMAMBA_LAYOUT_HF = 0, CMAMBA_LAYOUT_ORIGINAL = 1 } cmamba_layout;
+/* The state space layer of every block: the selective S6 of Mamba (every
+ * published checkpoint), or S4D, the time-invariant layer of the paper's
+ * ablations (Δ, B, C learned per channel, not functions of the input). */
+typedef enum { CMAMBA_SSM_S6 = 0, CMAMBA_SSM_S4D = 1 } cmamba_ssm;
 
 typedef struct {
     int d_model;     /* hidden_size / d_model */
@@ -39,6 +43,7 @@ typedef struct {
     int use_conv_bias; /* conv1d bias */
     int tie_embeddings;
     cmamba_layout layout;
+    cmamba_ssm ssm;  /* config.json "ssm_layer": "s6" (default) or "s4d" */
 } cmamba_config;
 
 /* ---- model ------------------------------------------------------------ */

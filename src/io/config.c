@@ -136,6 +136,13 @@ static int get_fixed_string(const reader *r, const char *key, const char *want,
 /* The sizes both layouts share the rules of: d_inner (given, or
  * expand * d_model) and the "auto" time-step rank, ceil(d_model / 16). */
 static int finish(const reader *r, cmamba_config *c, const char *rank_key) {
+    /* cmamba's own key: S4D ablation models are written with "ssm_layer": "s4d" */
+    const reader top = {r->path, "", r->obj, r->err};
+    const char *ssm;
+    if (get_fixed_string(&top, "ssm_layer", "s6", &ssm)) return -1;
+    if (ssm && strcmp(ssm, "s4d"))
+        return cm_fail(r->err, "%s: ssm_layer '%.40s' is not one of s6, s4d", r->path, ssm);
+    c->ssm = ssm ? CMAMBA_SSM_S4D : CMAMBA_SSM_S6;
     if (c->d_inner == 0) {
         long d_inner = (long)c->expand * c->d_model;
         if (d_inner > MAX_D_INNER)
@@ -296,6 +303,7 @@ int cm_config_write_hf(const char *path, const cmamba_config *c, cmamba_error *e
     }
     cJSON_AddItemToArray(arch, cJSON_CreateString("MambaForCausalLM"));
     cJSON_AddStringToObject(o, "model_type", "mamba");
+    if (c->ssm == CMAMBA_SSM_S4D) cJSON_AddStringToObject(o, "ssm_layer", "s4d");
     cJSON_AddNumberToObject(o, "hidden_size", c->d_model);
     cJSON_AddNumberToObject(o, "num_hidden_layers", c->n_layer);
     cJSON_AddNumberToObject(o, "vocab_size", c->vocab_size);

@@ -21,6 +21,9 @@ typedef struct {
     const float *D;          /* (d_inner)                  */
     const float *out_proj_w; /* (d_model, d_inner)         */
     const float *out_proj_b; /* (d_model)        use_bias  */
+    const float *log_dt;     /* (d_inner)          S4D     */
+    const float *s4d_B;      /* (d_inner, d_state) S4D     */
+    const float *s4d_C;      /* (d_inner, d_state) S4D     */
     float *A;                /* −exp(A_log), computed once at load */
 } cm_layer;
 

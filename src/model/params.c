@@ -37,9 +37,15 @@ size_t cm_params_describe(const cmamba_config *c, cm_param_desc *out) {
         if (c->use_bias) add(out, &n, CM_P_IN_PROJ_B, l, "mixer.in_proj.bias", 1, 2 * Di, 0, 0);
         add(out, &n, CM_P_CONV_W, l, "mixer.conv1d.weight", 3, Di, 1, K);
         if (c->use_conv_bias) add(out, &n, CM_P_CONV_B, l, "mixer.conv1d.bias", 1, Di, 0, 0);
-        add(out, &n, CM_P_X_PROJ_W, l, "mixer.x_proj.weight", 2, R + 2 * N, Di, 0);
-        add(out, &n, CM_P_DT_PROJ_W, l, "mixer.dt_proj.weight", 2, Di, R, 0);
-        add(out, &n, CM_P_DT_PROJ_B, l, "mixer.dt_proj.bias", 1, Di, 0, 0);
+        if (c->ssm == CMAMBA_SSM_S4D) {
+            add(out, &n, CM_P_LOG_DT, l, "mixer.log_dt", 1, Di, 0, 0);
+            add(out, &n, CM_P_S4D_B, l, "mixer.B", 2, Di, N, 0);
+            add(out, &n, CM_P_S4D_C, l, "mixer.C", 2, Di, N, 0);
+        } else {
+            add(out, &n, CM_P_X_PROJ_W, l, "mixer.x_proj.weight", 2, R + 2 * N, Di, 0);
+            add(out, &n, CM_P_DT_PROJ_W, l, "mixer.dt_proj.weight", 2, Di, R, 0);
+            add(out, &n, CM_P_DT_PROJ_B, l, "mixer.dt_proj.bias", 1, Di, 0, 0);
+        }
         add(out, &n, CM_P_A_LOG, l, "mixer.A_log", 2, Di, N, 0);
         add(out, &n, CM_P_D, l, "mixer.D", 1, Di, 0, 0);
         add(out, &n, CM_P_OUT_PROJ_W, l, "mixer.out_proj.weight", 2, D, Di, 0);

@@ -107,6 +107,9 @@ int cm_model_bind_weights(cmamba_model *m, const char *dir, cmamba_error *err) {
         case CM_P_D: w->D = v; break;
         case CM_P_OUT_PROJ_W: w->out_proj_w = v; break;
         case CM_P_OUT_PROJ_B: w->out_proj_b = v; break;
+        case CM_P_LOG_DT: w->log_dt = v; break;
+        case CM_P_S4D_B: w->s4d_B = v; break;
+        case CM_P_S4D_C: w->s4d_C = v; break;
         case CM_P_A_LOG:
             w->A_log = v;
             if (!(w->A = own(m, p->numel, err))) { rc = -1; break; }

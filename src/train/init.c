@@ -56,6 +56,18 @@ void cm_init_param(const cmamba_config *c, const cm_param_desc *p, uint64_t *rng
             v[i] = (float)(dt + log(-expm1(-dt)));
         }
         break;
+    case CM_P_LOG_DT:
+        /* S4D: the same log-uniform Δ, stored as its logarithm */
+        for (size_t i = 0; i < n; i++)
+            v[i] = (float)(log(1e-3) + cm_rng_uniform(rng) * (log(1e-1) - log(1e-3)));
+        break;
+    case CM_P_S4D_B:
+        /* S4D-Real: B = 1, C ~ N(0, 1) */
+        for (size_t i = 0; i < n; i++) v[i] = 1.0f;
+        break;
+    case CM_P_S4D_C:
+        for (size_t i = 0; i < n; i++) v[i] = (float)cm_rng_normal(rng);
+        break;
     case CM_P_A_LOG:
         /* S4D-Real: A = −(1, 2, …, N) in every channel */
         for (size_t i = 0; i < n; i++) v[i] = (float)log((double)(i % (size_t)c->d_state + 1));

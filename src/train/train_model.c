@@ -75,6 +75,9 @@ static float **view_of(cm_train_tensors *t, const cm_param_desc *p) {
     case CM_P_D: return &w->D;
     case CM_P_OUT_PROJ_W: return &w->out_proj_w;
     case CM_P_OUT_PROJ_B: return &w->out_proj_b;
+    case CM_P_LOG_DT: return &w->log_dt;
+    case CM_P_S4D_B: return &w->s4d_B;
+    case CM_P_S4D_C: return &w->s4d_C;
     }
     return NULL;
 }
@@ -98,6 +101,9 @@ static const float *loaded_tensor(const cmamba_model *src, const cm_param_desc *
     case CM_P_D: return w->D;
     case CM_P_OUT_PROJ_W: return w->out_proj_w;
     case CM_P_OUT_PROJ_B: return w->out_proj_b;
+    case CM_P_LOG_DT: return w->log_dt;
+    case CM_P_S4D_B: return w->s4d_B;
+    case CM_P_S4D_C: return w->s4d_C;
     }
     return NULL;
 }

@@ -32,6 +32,7 @@
 typedef struct {
     float *norm, *in_proj_w, *in_proj_b, *conv_w, *conv_b, *x_proj_w, *dt_proj_w, *dt_proj_b,
         *A_log, *D, *out_proj_w, *out_proj_b;
+    float *log_dt, *s4d_B, *s4d_C; /* S4D layers (see model/params.h) */
 } cm_train_layer;
 
 typedef struct {
