@@ -35,6 +35,8 @@ static const char *usage =
     "model\n"
     "  --d-model N (64)  --n-layer N (2)  --d-state N (16)  --d-conv N (4)  --expand N (2)\n"
     "  --dt-rank N (ceil(d_model/16))  --untied\n"
+    "  --ssm s6|s4d       the selective scan (default), or the time-invariant S4D\n"
+    "                     layer of the paper's ablation\n"
     "optimisation\n"
     "  --steps N (2000)  --batch B (32)  --seq-len T (256, text)  --accum K (1)\n"
     "  --lr X (2e-3)  --min-lr X (lr/10)  --warmup N (5% of steps)  --weight-decay X (0.1)\n"
@@ -108,6 +110,11 @@ int cmd_train(int argc, char **argv) {
         else if (arg_is(a, "--resume")) { VALUE(); resume = val; }
         else if (arg_is(a, "--seed")) { VALUE(); if (arg_u64("train", "--seed", val, &o.seed)) return 2; }
         else if (!strcmp(a, "--untied")) o.model.tie_embeddings = 0;
+        else if (arg_is(a, "--ssm")) {
+            VALUE();
+            if (!strcmp(val, "s4d")) o.model.ssm = CMAMBA_SSM_S4D;
+            else if (strcmp(val, "s6")) die_usage("train", "--ssm: expected s6 or s4d, got '%s'", val);
+        }
         else if (!strcmp(a, "--quiet")) quiet = 1;
         INT_OPT("--task-len", 4, 1 << 24, o.task.seq_len)
         INT_OPT("--task-tokens", 1, 1 << 20, o.task.n_tokens)
@@ -162,8 +169,9 @@ int cmd_train(int argc, char **argv) {
                         log_every ? log_every : (to->steps >= 50 ? to->steps / 50 : 1)};
     if (!quiet) {
         const cmamba_config *c = &to->model;
-        fprintf(stderr, "model: d_model %d, %d layers, d_state %d, vocabulary %d | data: ",
-                c->d_model, c->n_layer, c->d_state, c->vocab_size);
+        fprintf(stderr, "model: %s, d_model %d, %d layers, d_state %d, vocabulary %d | data: ",
+                c->ssm == CMAMBA_SSM_S4D ? "S4D" : "Mamba (S6)", c->d_model, c->n_layer,
+                c->d_state, c->vocab_size);
         if (to->use_task)
             fprintf(stderr, "%s, L = %d | ", cm_task_name(to->task.kind), to->task.seq_len);
         else

@@ -260,20 +260,32 @@ static void test_crossentropy(void) {
 /* ---- the whole model ---------------------------------------------------------------
  * Every parameter of a tiny model, moved one at a time, against the loss. */
 
-typedef struct { cm_train_model *m; const int32_t *ids; int B, T; } model_ctx;
+/* inputs/targets non-NULL: the loss over the scored targets (the tasks'
+ * masks); otherwise next-token over ids */
+typedef struct {
+    cm_train_model *m;
+    const int32_t *ids, *inputs, *targets;
+    int B, T;
+} model_ctx;
 
 static double model_f(void *p) {
     model_ctx *c = p;
     float loss;
     cmamba_error err;
+    cm_train_stats st;
+    if (c->targets) {
+        CHECK(cm_train_run(c->m, c->inputs, c->targets, c->B, c->T, 0.0f, &st, &err) == 0);
+        return st.loss;
+    }
     CHECK(cm_train_loss(c->m, c->ids, c->B, c->T, &loss, &err) == 0);
     return loss;
 }
 
-static void test_model(int tied) {
+static void test_model(int tied, cmamba_ssm ssm, int masked) {
     cmamba_config cfg = {.d_model = 6, .n_layer = 2, .vocab_size = 11, .d_inner = 12,
                          .d_state = 3, .d_conv = 3, .dt_rank = 2, .expand = 2, .eps = 1e-5f,
-                         .use_bias = !tied, .use_conv_bias = 1, .tie_embeddings = tied};
+                         .use_bias = !tied, .use_conv_bias = 1, .tie_embeddings = tied,
+                         .ssm = ssm};
     cm_train_model *m;
     cmamba_error err;
     CHECK(cm_train_model_new(&cfg, 7, &m, &err) == 0);
@@ -287,6 +299,7 @@ static void test_model(int tied) {
         for (size_t k = 0; k < m->desc[i].numel; k++) {
             const float u = (float)(2 * cm_rng_uniform(&rng) - 1);
             v[k] = kind == CM_P_DT_PROJ_B ? u                       /* Δ ∈ (0.3, 1.3) */
+                 : kind == CM_P_LOG_DT ? u - 1.0f                   /* Δ ∈ (0.13, 1) */
                  : kind == CM_P_A_LOG ? u - 1.0f                    /* A ∈ (−1, −0.13) */
                  : scale * (v[k] + 0.3f * u);
         }
@@ -294,14 +307,33 @@ static void test_model(int tied) {
     const int B = 2, T = 6;
     int32_t ids[2 * 7] = {1, 4, 10, 0, 4, 7, 2, 9, 9, 3, 0, 5, 8, 1};
     float loss;
-    cm_train_zero_grad(m);
-    CHECK(cm_train_forward_backward(m, ids, B, T, &loss, &err) == 0);
-    model_ctx c = {m, ids, B, T};
+    model_ctx c = {m, ids, NULL, NULL, B, T};
+    if (masked) {
+        /* next-token pairs with only 6 of the 12 targets scored */
+        static int32_t in[12], tg[12];
+        for (int s = 0; s < B; s++)
+            for (int t = 0; t < T; t++) {
+                in[s * T + t] = ids[s * (T + 1) + t];
+                tg[s * T + t] = (s * T + t) % 5 < 2 ? ids[s * (T + 1) + t + 1] : -1;
+            }
+        c.inputs = in;
+        c.targets = tg;
+        cm_train_stats st;
+        cm_train_zero_grad(m);
+        CHECK(cm_train_run(m, in, tg, B, T, 1.0f, &st, &err) == 0);
+        CHECK(st.scored == 6);
+        loss = st.loss;
+    } else {
+        cm_train_zero_grad(m);
+        CHECK(cm_train_forward_backward(m, ids, B, T, &loss, &err) == 0);
+    }
     CHECK_MSG(fabs(model_f(&c) - loss) < 1e-6, "forward-only loss %.9g vs %.9g", model_f(&c), loss);
-    printf("  tiny model (%s), loss %.6f\n", tied ? "tied" : "untied, biases", loss);
+    printf("  tiny model (%s, %s%s), loss %.6f\n", tied ? "tied" : "untied, biases",
+           ssm == CMAMBA_SSM_S4D ? "S4D" : "S6", masked ? ", 6 of 12 targets scored" : "", loss);
     for (size_t i = 0; i < m->n_tensors; i++)
         fd_check("model", m->desc[i].name, model_f, &c,
                  m->params + m->offset[i], m->grads + m->offset[i], m->desc[i].numel, TOL_MODEL);
+    c.targets = NULL;
 
     /* batching: the batch's gradient is the mean of its sequences' */
     float *sum = zeros(m->n_params), l1;
@@ -377,8 +409,10 @@ int main(void) {
     test_scan(1, 2);
     test_scan(0, 5);
     test_crossentropy();
-    test_model(0);
-    test_model(1);
+    test_model(0, CMAMBA_SSM_S6, 0);
+    test_model(1, CMAMBA_SSM_S6, 1);
+    test_model(1, CMAMBA_SSM_S4D, 0);
+    test_model(0, CMAMBA_SSM_S4D, 1);
     test_threads();
     return test_summary();
 }

@@ -2,7 +2,7 @@
 # Installs the Debian packages cmamba builds against (skips those present).
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libpcre2-dev libutf8proc-dev libcjson-dev libzip-dev
-      libopenblas-dev)
+      libopenblas-dev libfftw3-dev)
 need=()
 for pkg in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")

@@ -7,7 +7,11 @@
 #include "common.h"
 #include "model/model.h"
 #include "model/ops.h"
+#include "ssm/s4d.h"
 #include "ssm/selective_scan.h"
+
+/* channel groups of the S4D recurrence (any count gives the same bits) */
+enum { S4D_GROUPS = 8 };
 
 int cm_block_scratch_init(cm_block_scratch *s, const cmamba_config *cfg, int cap,
                           cmamba_error *err) {
@@ -19,7 +23,9 @@ int cm_block_scratch_init(cm_block_scratch *s, const cmamba_config *cfg, int cap
     s->xdbc = cm_malloc(sizeof(float) * cap * dbc, err);
     s->delta = cm_malloc(sizeof(float) * cap * di, err);
     s->y = cm_malloc(sizeof(float) * cap * di, err);
-    if (!s->xz || !s->xc || !s->xdbc || !s->delta || !s->y) {
+    const int s4d = cfg->ssm == CMAMBA_SSM_S4D;
+    if (s4d) s->s4d_work = cm_malloc(sizeof(float) * cm_s4d_work(1, cfg->d_state, S4D_GROUPS), err);
+    if (!s->xz || !s->xc || !s->xdbc || !s->delta || !s->y || (s4d && !s->s4d_work)) {
         cm_block_scratch_free(s);
         return -1;
     }
@@ -27,7 +33,7 @@ int cm_block_scratch_init(cm_block_scratch *s, const cmamba_config *cfg, int cap
 }
 
 void cm_block_scratch_free(cm_block_scratch *s) {
-    free(s->xz); free(s->xc); free(s->xdbc); free(s->delta); free(s->y);
+    free(s->xz); free(s->xc); free(s->xdbc); free(s->delta); free(s->y); free(s->s4d_work);
     memset(s, 0, sizeof *s);
 }
 
@@ -47,17 +53,28 @@ static void project_delta(const cmamba_config *cfg, const cm_layer *w, int L,
     }
 }
 
-/* Steps 6-10 from Δ, B, C onward: scan, D skip, z gate, out_proj. */
-static void scan_and_project_out(const cmamba_config *cfg, const cm_layer *w, int L,
-                                 float *ssm_state, cm_block_scratch *s, float *out) {
+/* Steps 4-10 from the conv output on: Δ, B, C, the scan with D skip and z
+ * gate, out_proj. An S4D layer's Δ, B, C are parameters, not projections. */
+static void ssm_and_project_out(const cmamba_config *cfg, const cm_layer *w, int L,
+                                float *ssm_state, cm_block_scratch *s, float *out) {
     const int di = cfg->d_inner, R = cfg->dt_rank, N = cfg->d_state, dbc = R + 2 * N;
-    cm_scan_args a = {
-        .L = L, .d_inner = di, .d_state = N,
-        .x = s->xc, .delta = s->delta, .A = w->A,
-        .B = s->xdbc + R, .C = s->xdbc + R + N, .bc_stride = dbc,
-        .D = w->D, .z = s->xz + di, .z_stride = 2 * di,
-    };
-    cm_selective_scan(&a, ssm_state, s->y);
+    if (cfg->ssm == CMAMBA_SSM_S4D) {
+        const cm_s4d_args a = {
+            .L = L, .d_inner = di, .d_state = N, .x = s->xc, .log_dt = w->log_dt,
+            .A_log = w->A_log, .B = w->s4d_B, .C = w->s4d_C, .D = w->D,
+            .z = s->xz + di, .z_stride = 2 * di,
+        };
+        cm_s4d_scan(&a, ssm_state, s->y, S4D_GROUPS, s->s4d_work);
+    } else {
+        project_delta(cfg, w, L, s);
+        const cm_scan_args a = {
+            .L = L, .d_inner = di, .d_state = N,
+            .x = s->xc, .delta = s->delta, .A = w->A,
+            .B = s->xdbc + R, .C = s->xdbc + R + N, .bc_stride = dbc,
+            .D = w->D, .z = s->xz + di, .z_stride = 2 * di,
+        };
+        cm_selective_scan(&a, ssm_state, s->y);
+    }
     cm_linear(out, s->y, w->out_proj_w, w->out_proj_b, L, di, cfg->d_model);
 }
 
@@ -90,8 +107,7 @@ void cm_mixer_forward(const cmamba_config *cfg, const cm_layer *w, const float *
         }
     }
 
-    project_delta(cfg, w, L, s);
-    scan_and_project_out(cfg, w, L, ssm_state, s, out);
+    ssm_and_project_out(cfg, w, L, ssm_state, s, out);
 }
 
 void cm_mixer_step(const cmamba_config *cfg, const cm_layer *w, const float *u,
@@ -115,6 +131,5 @@ void cm_mixer_step(const cmamba_config *cfg, const cm_layer *w, const float *u,
         }
     }
 
-    project_delta(cfg, w, 1, s);
-    scan_and_project_out(cfg, w, 1, ssm_state, s, out);
+    ssm_and_project_out(cfg, w, 1, ssm_state, s, out);
 }

@@ -66,6 +66,7 @@ typedef struct {
     float *xdbc;  /* (cap, dt_rank + 2·d_state)  [δ | B | C]        */
     float *delta; /* (cap, d_inner)    Δ                            */
     float *y;     /* (cap, d_inner)    scan output, gated           */
+    float *s4d_work; /* S4D layers: the recurrence's scratch         */
 } cm_block_scratch;
 
 int cm_block_scratch_init(cm_block_scratch *s, const cmamba_config *cfg, int cap,

@@ -13,6 +13,7 @@
 #include "model/ops.h"
 #include "train/init.h"
 #include "train/layers.h"
+#include "ssm/s4d.h"
 
 enum {
     CE_ROWS = 64,     /* rows of logits alive at once */
@@ -215,11 +216,13 @@ static void carve_layer(layer_acts *a, const cmamba_config *c, size_t n, float *
     a->z = take(base, used, n * di);
     a->xconv = take(base, used, n * di);
     a->xs = take(base, used, n * di);
-    a->dlow = take(base, used, n * c->dt_rank);
-    a->B = take(base, used, n * N);
-    a->C = take(base, used, n * N);
-    a->dt = take(base, used, n * di);
-    a->delta = take(base, used, n * di);
+    /* the input-dependent Δ, B, C exist only in S6 layers */
+    const size_t s6 = c->ssm == CMAMBA_SSM_S6 ? n : 0;
+    a->dlow = take(base, used, s6 * c->dt_rank);
+    a->B = take(base, used, s6 * N);
+    a->C = take(base, used, s6 * N);
+    a->dt = take(base, used, s6 * di);
+    a->delta = take(base, used, s6 * di);
     a->A = take(base, used, di * N);
     a->y = take(base, used, n * di);
 }
@@ -264,7 +267,9 @@ static int buffers_reserve(cm_train_model *m, int B, int T, cmamba_error *err) {
     if (cm_mul_size(floats, sizeof(float), &bytes))
         return cm_fail(err, "activations of %d tokens overflow", n);
     b->arena = cm_malloc(bytes, err);
-    b->scan_work = cm_malloc(sizeof(float) * cm_scan_backward_work(T, c->d_state, b->groups), err);
+    const size_t work = c->ssm == CMAMBA_SSM_S4D ? cm_s4d_work(T, c->d_state, b->groups)
+                                                 : cm_scan_backward_work(T, c->d_state, b->groups);
+    b->scan_work = cm_malloc(sizeof(float) * work, err);
     b->inputs = cm_malloc(sizeof(int32_t) * n, err);
     b->targets = cm_malloc(sizeof(int32_t) * n, err);
     b->scored = cm_malloc(sizeof(int32_t) * n, err);
@@ -310,6 +315,19 @@ static cm_scan_args scan_args(const cmamba_config *c, const layer_acts *a, const
     };
 }
 
+/* The S4D layer over sequence s. */
+static cm_s4d_args s4d_args(const cmamba_config *c, const cm_train_layer *w, const layer_acts *a,
+                            int s, int T) {
+    const size_t r = (size_t)s * T, di = c->d_inner;
+    return (cm_s4d_args){
+        .L = T, .d_inner = c->d_inner, .d_state = c->d_state,
+        .x = a->xs + r * di, .log_dt = w->log_dt, .A_log = w->A_log, .B = w->s4d_B,
+        .C = w->s4d_C, .D = w->D, .z = a->z + r * di, .z_stride = c->d_inner,
+    };
+}
+
+static void s6_forward(cm_train_model *m, int l, int B, int T);
+
 /* SPEC.md steps 1-10 for layer l, then the residual add into the next
  * layer's stream (res_f after the last layer). */
 static void layer_forward(cm_train_model *m, int l, int B, int T) {
@@ -317,7 +335,7 @@ static void layer_forward(cm_train_model *m, int l, int B, int T) {
     const cm_train_layer *w = &m->w.layers[l];
     cm_train_buffers *b = m->buf;
     layer_acts *a = &b->acts[l];
-    const int n = B * T, dm = c->d_model, di = c->d_inner, R = c->dt_rank, N = c->d_state;
+    const int n = B * T, dm = c->d_model, di = c->d_inner;
     float *res_next = l + 1 < c->n_layer ? b->acts[l + 1].res : b->res_f;
 
     cm_rmsnorm(a->normed, a->res, w->norm, n, dm, c->eps);
@@ -329,6 +347,30 @@ static void layer_forward(cm_train_model *m, int l, int B, int T) {
     /* 2-3. */
     cm_conv1d_forward(a->xconv, a->x, w->conv_w, w->conv_b, B, T, di, c->d_conv);
     cm_silu_forward(a->xs, a->xconv, (size_t)n * di);
+    if (c->ssm == CMAMBA_SSM_S4D) {
+        /* 4-9 with Δ, B, C fixed per channel. Of the layer's two forms, the
+         * recurrence is the faster on CPUs at every length (the FFT
+         * convolution pays for padding to 2L); tests/test_s4d.c holds the
+         * two to the same function. */
+        for (int s = 0; s < B; s++) {
+            const cm_s4d_args sa = s4d_args(c, w, a, s, T);
+            cm_s4d_forward(&sa, CM_S4D_SCAN, a->y + (size_t)s * T * di, b->groups, b->scan_work);
+        }
+    } else {
+        s6_forward(m, l, B, T);
+    }
+    /* 10. and the residual add */
+    cm_linear(res_next, a->y, w->out_proj_w, w->out_proj_b, n, di, dm);
+    for (size_t i = 0; i < (size_t)n * dm; i++) res_next[i] += a->res[i];
+}
+
+/* Steps 4-9 of an S6 layer: Δ, B, C from the input, then the selective scan. */
+static void s6_forward(cm_train_model *m, int l, int B, int T) {
+    const cmamba_config *c = &m->cfg;
+    const cm_train_layer *w = &m->w.layers[l];
+    cm_train_buffers *b = m->buf;
+    layer_acts *a = &b->acts[l];
+    const int n = B * T, di = c->d_inner, R = c->dt_rank, N = c->d_state;
     /* 4. [δ | B | C] = x·W_xᵀ, likewise one product per part */
     cm_linear(a->dlow, a->xs, w->x_proj_w, NULL, n, di, R);
     cm_linear(a->B, a->xs, w->x_proj_w + (size_t)R * di, NULL, n, di, N);
@@ -343,9 +385,6 @@ static void layer_forward(cm_train_model *m, int l, int B, int T) {
         memset(b->h, 0, sizeof(float) * di * N);
         cm_selective_scan(&sa, b->h, a->y + (size_t)s * T * di);
     }
-    /* 10. and the residual add */
-    cm_linear(res_next, a->y, w->out_proj_w, w->out_proj_b, n, di, dm);
-    for (size_t i = 0; i < (size_t)n * dm; i++) res_next[i] += a->res[i];
 }
 
 /* Embedding, layers, final norm: everything up to the LM head. */
@@ -412,17 +451,53 @@ static void head_loss(cm_train_model *m, int n, float grad_weight, cm_train_stat
  * which is also the mixer output's gradient; the residual's identity branch
  * leaves it in place and the norm's backward adds the mixer branch, so on
  * exit it holds dL/d(stream entering the layer). */
+static void s6_backward(cm_train_model *m, int l, int B, int T);
+
 static void layer_backward(cm_train_model *m, int l, int B, int T) {
     const cmamba_config *c = &m->cfg;
     const cm_train_layer *w = &m->w.layers[l], *g = &m->dw.layers[l];
     cm_train_buffers *b = m->buf;
     const layer_acts *a = &b->acts[l];
     layer_acts *d = &b->d;
-    const int n = B * T, dm = c->d_model, di = c->d_inner, R = c->dt_rank, N = c->d_state;
+    const int n = B * T, dm = c->d_model, di = c->d_inner;
 
     memset(d->normed, 0, sizeof(float) * b->layer_floats);
     /* 10. */
     cm_linear_backward(d->y, g->out_proj_w, g->out_proj_b, d->res, a->y, w->out_proj_w, n, di, dm);
+    if (c->ssm == CMAMBA_SSM_S4D) {
+        for (int s = 0; s < B; s++) {
+            const size_t r = (size_t)s * T;
+            const cm_s4d_args sa = s4d_args(c, w, a, s, T);
+            const cm_s4d_grads sg = {
+                .dx = d->xs + r * di, .dlog_dt = g->log_dt, .dA_log = g->A_log, .dB = g->s4d_B,
+                .dC = g->s4d_C, .dD = g->D, .dz = d->z + r * di,
+            };
+            cm_s4d_backward(&sa, CM_S4D_SCAN, d->y + r * di, &sg, b->groups, b->scan_work);
+        }
+    } else {
+        s6_backward(m, l, B, T);
+    }
+    /* 2-3. */
+    cm_silu_backward(d->xconv, d->xs, a->xconv, (size_t)n * di);
+    cm_conv1d_backward(d->x, g->conv_w, g->conv_b, d->xconv, a->x, w->conv_w, B, T, di, c->d_conv);
+    /* 1. */
+    cm_linear_backward(d->normed, g->in_proj_w, g->in_proj_b, d->x, a->normed, w->in_proj_w, n,
+                       dm, di);
+    cm_linear_backward(d->normed, g->in_proj_w + (size_t)di * dm,
+                       g->in_proj_b ? g->in_proj_b + di : NULL, d->z, a->normed,
+                       w->in_proj_w + (size_t)di * dm, n, dm, di);
+    cm_rmsnorm_backward(d->res, g->norm, d->normed, a->res, w->norm, n, dm, c->eps);
+}
+
+/* Steps 9 down to 4 of an S6 layer: the scan backward (states recomputed),
+ * then Δ's softplus and projections, into d->xs. */
+static void s6_backward(cm_train_model *m, int l, int B, int T) {
+    const cmamba_config *c = &m->cfg;
+    const cm_train_layer *w = &m->w.layers[l], *g = &m->dw.layers[l];
+    cm_train_buffers *b = m->buf;
+    const layer_acts *a = &b->acts[l];
+    layer_acts *d = &b->d;
+    const int n = B * T, di = c->d_inner, R = c->dt_rank, N = c->d_state;
     /* 7-9. */
     for (int s = 0; s < B; s++) {
         const size_t r = (size_t)s * T;
@@ -444,16 +519,6 @@ static void layer_backward(cm_train_model *m, int l, int B, int T) {
                        w->x_proj_w + (size_t)R * di, n, di, N);
     cm_linear_backward(d->xs, g->x_proj_w + (size_t)(R + N) * di, NULL, d->C, a->xs,
                        w->x_proj_w + (size_t)(R + N) * di, n, di, N);
-    /* 2-3. */
-    cm_silu_backward(d->xconv, d->xs, a->xconv, (size_t)n * di);
-    cm_conv1d_backward(d->x, g->conv_w, g->conv_b, d->xconv, a->x, w->conv_w, B, T, di, c->d_conv);
-    /* 1. */
-    cm_linear_backward(d->normed, g->in_proj_w, g->in_proj_b, d->x, a->normed, w->in_proj_w, n,
-                       dm, di);
-    cm_linear_backward(d->normed, g->in_proj_w + (size_t)di * dm,
-                       g->in_proj_b ? g->in_proj_b + di : NULL, d->z, a->normed,
-                       w->in_proj_w + (size_t)di * dm, n, dm, di);
-    cm_rmsnorm_backward(d->res, g->norm, d->normed, a->res, w->norm, n, dm, c->eps);
 }
 
 int cm_train_run(cm_train_model *m, const int32_t *inputs, const int32_t *targets, int B, int T,

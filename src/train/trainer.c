@@ -85,6 +85,7 @@ static cJSON *options_json(const cm_trainer_options *o) {
     cJSON_AddNumberToObject(j, "expand", o->model.expand);
     cJSON_AddNumberToObject(j, "dt_rank", o->model.dt_rank);
     cJSON_AddNumberToObject(j, "tie_embeddings", o->model.tie_embeddings);
+    cJSON_AddStringToObject(j, "ssm", o->model.ssm == CMAMBA_SSM_S4D ? "s4d" : "s6");
     cJSON_AddNumberToObject(j, "use_task", o->use_task);
     cJSON_AddStringToObject(j, "task", cm_task_name(o->task.kind));
     cJSON_AddNumberToObject(j, "task_seq_len", o->task.seq_len);
@@ -139,8 +140,8 @@ static int options_parse(const cJSON *j, const char *file, cm_trainer_options *o
         "eval_batches", "save_every"};
     for (int i = 0; i < 24; i++)
         if (num(j, keys[i], file, &v[i], err)) return -1;
-    char task[64], seed[24];
-    if (str(j, "task", file, task, sizeof task, err) ||
+    char task[64], seed[24], ssm[8];
+    if (str(j, "task", file, task, sizeof task, err) || str(j, "ssm", file, ssm, sizeof ssm, err) ||
         str(j, "data", file, o->data_path, sizeof o->data_path, err) ||
         str(j, "tokenizer", file, o->tokenizer_path, sizeof o->tokenizer_path, err) ||
         str(j, "seed", file, seed, sizeof seed, err))
@@ -153,6 +154,7 @@ static int options_parse(const cJSON *j, const char *file, cm_trainer_options *o
     o->model.expand = (int)v[4];
     o->model.dt_rank = (int)v[5];
     o->model.tie_embeddings = (int)v[6];
+    o->model.ssm = strcmp(ssm, "s4d") ? CMAMBA_SSM_S6 : CMAMBA_SSM_S4D;
     o->use_task = (int)v[7];
     o->task.seq_len = (int)v[8];
     o->task.n_tokens = (int)v[9];
