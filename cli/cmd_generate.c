@@ -19,6 +19,7 @@ static const char *usage =
     "  --prompt TEXT       prompt text (tokenized with the model's tokenizer.json)\n"
     "  --ids LIST          prompt as comma-separated token ids instead\n"
     "  --tokenizer FILE    tokenizer.json to use instead of DIR/tokenizer.json\n"
+    "                      (\"bytes\": a byte-level model, token id = byte value)\n"
     "  -n N                tokens to generate (default 64)\n"
     "  --temperature T     0 = greedy (default 1.0)\n"
     "  --top-k K           keep the K most likely tokens (default 0 = all)\n"
@@ -57,6 +58,7 @@ typedef struct {
     long n_gen;
     cmamba_sampling sampling;
     int print_ids, ignore_eos, quiet;
+    int bytes; /* --tokenizer bytes: byte-level models, token id = byte value */
 } options;
 
 static int parse(int argc, char **argv, options *o) {
@@ -93,6 +95,7 @@ static int parse(int argc, char **argv, options *o) {
     }
     if (!o->model_dir) die_usage("generate", "--model is required");
     if (!o->prompt == !o->ids_arg) die_usage("generate", "give exactly one of --prompt and --ids");
+    o->bytes = o->tokenizer_path && !strcmp(o->tokenizer_path, "bytes");
     return 0;
 }
 
@@ -100,6 +103,7 @@ static int parse(int argc, char **argv, options *o) {
  * without error when absent and not needed for a prompt text). */
 static int load_tokenizer(const options *o, cmamba_tokenizer **tok, cmamba_error *err) {
     *tok = NULL;
+    if (o->bytes) return 0;
     char *path = o->tokenizer_path ? strdup(o->tokenizer_path)
                                    : cm_path_join(o->model_dir, "tokenizer.json");
     if (!path) return cm_fail(err, "out of memory");
@@ -134,7 +138,16 @@ int cmd_generate(int argc, char **argv) {
     if (cmamba_model_load(o.model_dir, &model, &err) || load_tokenizer(&o, &tok, &err)) goto fail;
     t_load = cli_now_s() - t_load;
     const int V = cmamba_model_config(model)->vocab_size;
-    if (o.prompt) {
+    if (o.prompt && o.bytes) {
+        n_prompt = strlen(o.prompt);
+        if (!(prompt = cm_malloc(sizeof *prompt * (n_prompt + 1), &err))) goto fail;
+        for (size_t i = 0; i < n_prompt; i++) prompt[i] = (unsigned char)o.prompt[i];
+        if (V < 256) {
+            fprintf(stderr, "cmamba generate: --tokenizer bytes needs a vocabulary of 256, %s has %d\n",
+                    o.model_dir, V);
+            goto done;
+        }
+    } else if (o.prompt) {
         if (cmamba_tokenize(tok, o.prompt, strlen(o.prompt), &prompt, &n_prompt, &err)) {
             fprintf(stderr, "cmamba generate: --prompt: %s\n", err.msg);
             goto done;
@@ -173,9 +186,11 @@ int cmd_generate(int argc, char **argv) {
         if (o.print_ids) {
             printf(n_done ? " %d" : "%d", (int)id);
             fflush(stdout);
-        } else if (tok) {
-            size_t len;
-            const char *bytes = cmamba_token_bytes(tok, id, &len);
+        } else if (tok || o.bytes) {
+            size_t len = 1;
+            const unsigned char byte = (unsigned char)id;
+            const char *bytes = o.bytes ? (id < 256 ? (const char *)&byte : NULL)
+                                        : cmamba_token_bytes(tok, id, &len);
             if (bytes && len) {
                 unsigned char *grown = realloc(pending, n_pending + len);
                 if (!grown) { cm_fail(&err, "out of memory"); goto fail; }
