@@ -2,7 +2,7 @@
 
 #include <stddef.h>
 
-void cm_linear(float *out, const float *in, const float *W, const float *b, int L, int n_in,
+void cm_linear_ref(float *out, const float *in, const float *W, const float *b, int L, int n_in,
                int n_out) {
 #pragma omp parallel for collapse(2) schedule(static) if ((long)L * n_out * n_in > 100000)
     for (int t = 0; t < L; t++) {

@@ -5,7 +5,11 @@
 
 #include <math.h>
 
-/* out (L, n_out) = in (L, n_in) · W (n_out, n_in)ᵀ + b (n_out, optional) */
+/* out (L, n_out) = in (L, n_in) · W (n_out, n_in)ᵀ + b (n_out, optional).
+ * cm_linear_ref is the plain loop; cm_linear (src/cpu/linear.c) the fast
+ * one every caller uses, tested against it. */
+void cm_linear_ref(float *out, const float *in, const float *W, const float *b, int L, int n_in,
+                   int n_out);
 void cm_linear(float *out, const float *in, const float *W, const float *b, int L, int n_in,
                int n_out);
 

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "cpu/vecmath.h"
 #include "model/ops.h"
 
 /* ---- embedding ----------------------------------------------------------- */
@@ -52,8 +53,8 @@ void cm_rmsnorm_backward(float *din, float *dweight, const float *dout, const fl
  * once per thread rather than once per row (the LM head's W is V·d_model). */
 enum { W_BLOCK = 64 };
 
-void cm_linear_backward(float *din, float *dW, float *db, const float *dout, const float *in,
-                        const float *W, int n, int n_in, int n_out) {
+void cm_linear_backward_ref(float *din, float *dW, float *db, const float *dout, const float *in,
+                            const float *W, int n, int n_in, int n_out) {
     const int big = (long)n * n_in * n_out > 100000;
 #pragma omp parallel if (big)
     for (int o0 = 0; o0 < n_out; o0 += W_BLOCK) {
@@ -175,6 +176,7 @@ size_t cm_scan_backward_work(int L, int d_state, int groups) {
     return (size_t)groups * (3 * (size_t)L + 1) * d_state;
 }
 
+CM_SIMD_CLONES
 static void scan_backward_channel(const cm_scan_args *a, const float *dy, const cm_scan_grads *g,
                                   int c, float *h, float *dh, float *pB, float *pC) {
     const int L = a->L, di = a->d_inner, N = a->d_state;
@@ -187,6 +189,7 @@ static void scan_backward_channel(const cm_scan_args *a, const float *dy, const 
         const float *B = a->B + (size_t)t * a->bc_stride;
         float *ht = h + (size_t)t * N;
         const float *hprev = t ? ht - N : NULL;
+#pragma omp simd
         for (int n = 0; n < N; n++)
             ht[n] = expf(dt * A[n]) * (hprev ? hprev[n] : 0.0f) + dt * B[n] * x;
     }
@@ -209,6 +212,7 @@ static void scan_backward_channel(const cm_scan_args *a, const float *dy, const 
         }
         dD += ds * x;
         float dx = ds * D, ddelta = 0.0f;
+#pragma omp simd reduction(+ : dx, ddelta)
         for (int n = 0; n < N; n++) {
             const float at = expf(dt * A[n]), hp = hprev ? hprev[n] : 0.0f;
             pC[(size_t)t * N + n] += ds * ht[n];

@@ -26,7 +26,10 @@ void cm_rmsnorm_backward(float *din, float *dweight, const float *dout, const fl
                          const float *weight, int n, int d, float eps);
 
 /* ---- linear: out (n, n_out) = in (n, n_in) · W (n_out, n_in)ᵀ + b --------
- * forward: cm_linear. db may be NULL (no bias). */
+ * forward: cm_linear. db may be NULL (no bias). The _ref form is the plain
+ * loop; cm_linear_backward (src/cpu/linear.c) the fast one, tested against it. */
+void cm_linear_backward_ref(float *din, float *dW, float *db, const float *dout, const float *in,
+                            const float *W, int n, int n_in, int n_out);
 void cm_linear_backward(float *din, float *dW, float *db, const float *dout, const float *in,
                         const float *W, int n, int n_in, int n_out);
 
