@@ -23,7 +23,10 @@ typedef struct {
 } cm_scan_args;
 
 /* h: (d_inner, d_state), the state before the first step, updated in place.
- * y: (L, d_inner). */
+ * y: (L, d_inner). cm_selective_scan_ref is the plain loop, one channel at
+ * a time; cm_selective_scan (src/cpu/scan.c) the fast form every caller
+ * uses, tested against it. */
+void cm_selective_scan_ref(const cm_scan_args *a, float *h, float *y);
 void cm_selective_scan(const cm_scan_args *a, float *h, float *y);
 
 #endif

@@ -3,7 +3,6 @@
 #include <math.h>
 #include <string.h>
 
-#include "cpu/vecmath.h"
 #include "model/ops.h"
 
 /* ---- embedding ----------------------------------------------------------- */
@@ -172,11 +171,6 @@ void cm_softplus_backward(float *din, const float *dout, const float *in, size_t
  *   dΔ_t = Σ_n dh_t·(A·a_t·h_{t−1} + B_t·x_t)              dA  += dh_t·Δ_t·a_t·h_{t−1}
  * Per group: h (L, N) recomputed states, dh (N), dB and dC partials (L, N) each. */
 
-size_t cm_scan_backward_work(int L, int d_state, int groups) {
-    return (size_t)groups * (3 * (size_t)L + 1) * d_state;
-}
-
-CM_SIMD_CLONES
 static void scan_backward_channel(const cm_scan_args *a, const float *dy, const cm_scan_grads *g,
                                   int c, float *h, float *dh, float *pB, float *pC) {
     const int L = a->L, di = a->d_inner, N = a->d_state;
@@ -189,7 +183,6 @@ static void scan_backward_channel(const cm_scan_args *a, const float *dy, const 
         const float *B = a->B + (size_t)t * a->bc_stride;
         float *ht = h + (size_t)t * N;
         const float *hprev = t ? ht - N : NULL;
-#pragma omp simd
         for (int n = 0; n < N; n++)
             ht[n] = expf(dt * A[n]) * (hprev ? hprev[n] : 0.0f) + dt * B[n] * x;
     }
@@ -212,7 +205,6 @@ static void scan_backward_channel(const cm_scan_args *a, const float *dy, const 
         }
         dD += ds * x;
         float dx = ds * D, ddelta = 0.0f;
-#pragma omp simd reduction(+ : dx, ddelta)
         for (int n = 0; n < N; n++) {
             const float at = expf(dt * A[n]), hp = hprev ? hprev[n] : 0.0f;
             pC[(size_t)t * N + n] += ds * ht[n];
@@ -229,8 +221,8 @@ static void scan_backward_channel(const cm_scan_args *a, const float *dy, const 
     if (a->D) g->dD[c] += dD;
 }
 
-void cm_selective_scan_backward(const cm_scan_args *a, const float *dy, const cm_scan_grads *g,
-                                int groups, float *work) {
+void cm_selective_scan_backward_ref(const cm_scan_args *a, const float *dy,
+                                    const cm_scan_grads *g, int groups, float *work) {
     const int L = a->L, di = a->d_inner, N = a->d_state;
     const size_t per_group = (3 * (size_t)L + 1) * N;
 #pragma omp parallel for schedule(static, 1)

@@ -61,8 +61,12 @@ typedef struct {
     float *dx, *ddelta, *dA, *dB, *dC, *dD, *dz;
 } cm_scan_grads;
 
-/* floats of `work` for cm_selective_scan_backward */
+/* floats of `work` for either form below. _ref is the plain loop, one
+ * channel at a time; cm_selective_scan_backward (src/cpu/scan.c) the fast
+ * form, a block of channels per SIMD vector, tested against it. */
 size_t cm_scan_backward_work(int L, int d_state, int groups);
+void cm_selective_scan_backward_ref(const cm_scan_args *a, const float *dy,
+                                    const cm_scan_grads *g, int groups, float *work);
 void cm_selective_scan_backward(const cm_scan_args *a, const float *dy, const cm_scan_grads *g,
                                 int groups, float *work);
 

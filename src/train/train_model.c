@@ -141,7 +141,9 @@ static int model_alloc(const cmamba_config *c, cm_train_model **out, cmamba_erro
         m->w.lm_head = m->w.embedding;
         m->dw.lm_head = m->dw.embedding;
     }
-    m->buf->groups = c->d_inner < SCAN_GROUPS ? c->d_inner : SCAN_GROUPS;
+    /* at least 16 channels a group: the fast scan works 16 channels at once */
+    m->buf->groups = c->d_inner / 16 < 1 ? 1 : c->d_inner / 16 > SCAN_GROUPS ? SCAN_GROUPS
+                                                                          : c->d_inner / 16;
     *out = m;
     return 0;
 fail:
