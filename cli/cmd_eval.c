@@ -164,7 +164,7 @@ int cmd_eval(int argc, char **argv) {
     }
     if (!model_dir) die_usage("eval", "--model is required");
     if (have_task == !!data) die_usage("eval", "give exactly one of --task and --data");
-    if (threads) omp_set_num_threads((int)threads);
+    if (threads) cmamba_set_threads((int)threads);
 
     cmamba_error err;
     cmamba_model *m = NULL;

@@ -145,7 +145,7 @@ int cmd_train(int argc, char **argv) {
 #undef INT_OPT
 #undef VALUE
     }
-    if (threads) omp_set_num_threads((int)threads);
+    if (threads) cmamba_set_threads((int)threads);
     if (!o.use_task && !o.data_path[0]) die_usage("train", "--tokenizer needs --data");
     o.opt.min_lr = min_lr >= 0 ? (float)min_lr : o.opt.lr / 10;
     o.opt.warmup_steps = warmup >= 0 ? warmup : o.steps / 20;

@@ -123,6 +123,9 @@ int32_t cmamba_tokenizer_eos(const cmamba_tokenizer *tok);
 /* "cpu" plus any compiled-in backends, e.g. "cpu cuda". */
 const char *cmamba_backends(void);
 
+/* CPU threads for everything that follows (OpenMP loops and BLAS alike). */
+void cmamba_set_threads(int n);
+
 #ifdef __cplusplus
 }
 #endif

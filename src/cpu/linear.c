@@ -3,7 +3,10 @@
  * The plain loops they replace, cm_linear_ref and cm_linear_backward_ref,
  * are the oracle in tests/test_fast_kernels.c. */
 #include <cblas.h>
+#include <omp.h>
 #include <string.h>
+
+#include "cmamba.h"
 
 #include "model/ops.h"
 #include "train/layers.h"
@@ -33,4 +36,9 @@ void cm_linear_backward(float *din, float *dW, float *db, const float *dout, con
     if (db)
         for (int t = 0; t < n; t++)
             for (int o = 0; o < n_out; o++) db[o] += dout[(size_t)t * n_out + o];
+}
+
+void cmamba_set_threads(int n) {
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
 }
