@@ -5,7 +5,7 @@ set -euo pipefail
 T="$CMAMBA_TMP/train_resume"
 rm -rf "$T"; mkdir -p "$T"
 args=(train --task selective-copying --task-len 48 --task-tokens 4 --task-vocab 6 --d-model 16
-      --batch 4 --steps 120 --save-every 10 --eval-every 40 --eval-batches 2 --threads 2 --quiet)
+      --batch 4 --steps 120 --save-every 10 --eval-every 40 --eval-batches 2 --threads 1 --quiet)
 
 "$CMAMBA_BIN" "${args[@]}" --out "$T/a" >/dev/null
 
