@@ -413,6 +413,28 @@ static int save(cm_trainer *t, cmamba_error *err) {
     return rc;
 }
 
+/* A BPE model's folder gets its tokenizer.json, so that `cmamba generate
+ * --model DIR --prompt ...` works on it as on a downloaded checkpoint. */
+static int copy_tokenizer(const cm_trainer_options *o, cmamba_error *err) {
+    char *text = NULL, *dst = cm_path_join(o->out_dir, "tokenizer.json");
+    size_t len = 0;
+    cm_atomic_file *f = NULL;
+    int rc = -1;
+    if (!dst) return cm_fail(err, "out of memory");
+    if (cm_read_file(o->tokenizer_path, (size_t)1 << 30, &text, &len, err) ||
+        cm_atomic_open(dst, &f, err))
+        goto done;
+    if (cm_atomic_write(f, text, len, err)) {
+        cm_atomic_abort(f);
+        goto done;
+    }
+    rc = cm_atomic_commit(f, err);
+done:
+    free(text);
+    free(dst);
+    return rc;
+}
+
 int cm_trainer_run(cm_trainer *t, cm_trainer_report report, void *ctx, cmamba_error *err) {
     const cm_trainer_options *o = &t->o;
     const double t0 = now_s();
@@ -452,7 +474,8 @@ int cm_trainer_run(cm_trainer *t, cm_trainer_report report, void *ctx, cmamba_er
             return -1;
         if (report) report(ctx, &p);
     }
-    return cm_model_save(o->out_dir, t->m, err);
+    if (cm_model_save(o->out_dir, t->m, err)) return -1;
+    return o->tokenizer_path[0] ? copy_tokenizer(o, err) : 0;
 }
 
 int cm_trainer_plot(const cm_trainer *t, const char *path, cmamba_error *err) {
