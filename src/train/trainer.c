@@ -57,13 +57,13 @@ void cm_trainer_defaults(cm_trainer_options *o) {
     o->task = (cm_task){.kind = CM_TASK_SELECTIVE_COPYING, .seq_len = 256, .n_tokens = 16,
                         .vocab = 16};
     o->val_fraction = 0.1;
-    o->opt = (cm_adamw_params){.lr = 2e-3f, .min_lr = 2e-4f, .beta1 = 0.9f, .beta2 = 0.95f,
+    o->opt = (cm_adamw_params){.lr = 3e-3f, .min_lr = 3e-4f, .beta1 = 0.9f, .beta2 = 0.95f,
                                .eps = 1e-8f, .weight_decay = 0.1f, .clip = 1.0f,
-                               .warmup_steps = 100, .total_steps = 2000};
+                               .warmup_steps = 50, .total_steps = 1000};
     o->batch = 32;
     o->seq_len = 256;
     o->accum = 1;
-    o->steps = 2000;
+    o->steps = 1000;
     o->seed = 1;
     o->eval_every = 200;
     o->save_every = 500;
