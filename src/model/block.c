@@ -48,9 +48,10 @@ static void project_delta(const cmamba_config *cfg, const cm_layer *w, int L,
             const float *wc = w->dt_proj_w + (size_t)c * R;
             float acc = w->dt_proj_b[c];
             for (int r = 0; r < R; r++) acc += dlow[r] * wc[r];
-            s->delta[(size_t)t * di + c] = cm_softplus(acc);
+            s->delta[(size_t)t * di + c] = acc;
         }
     }
+    cm_softplus_forward(s->delta, s->delta, (size_t)L * di);
 }
 
 /* Steps 4-10 from the conv output on: Δ, B, C, the scan with D skip and z
@@ -95,9 +96,10 @@ void cm_mixer_forward(const cmamba_config *cfg, const cm_layer *w, const float *
                 int src = t - K + 1 + k;
                 acc += wc[k] * (src >= 0 ? s->xz[(size_t)src * 2 * di + c] : prev[K - 1 + src]);
             }
-            s->xc[(size_t)t * di + c] = cm_silu(acc);
+            s->xc[(size_t)t * di + c] = acc;
         }
     }
+    cm_silu_forward(s->xc, s->xc, (size_t)L * di);
     /* keep the last K−1 conv inputs of (old state ++ this chunk) */
     for (int c = 0; c < di; c++) {
         float *prev = conv_state + (size_t)c * (K - 1);
@@ -124,12 +126,13 @@ void cm_mixer_step(const cmamba_config *cfg, const cm_layer *w, const float *u,
         float acc = w->conv_b ? w->conv_b[c] : 0.0f;
         for (int k = 0; k < K - 1; k++) acc += wc[k] * prev[k];
         acc += wc[K - 1] * x;
-        s->xc[c] = cm_silu(acc);
+        s->xc[c] = acc;
         if (K > 1) {
             memmove(prev, prev + 1, sizeof(float) * (K - 2));
             prev[K - 2] = x;
         }
     }
+    cm_silu_forward(s->xc, s->xc, (size_t)di);
 
     ssm_and_project_out(cfg, w, 1, ssm_state, s, out);
 }

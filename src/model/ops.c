@@ -24,3 +24,15 @@ void cm_rmsnorm(float *out, const float *in, const float *weight, int L, int d, 
         for (int i = 0; i < d; i++) out[(size_t)t * d + i] = x[i] * inv * weight[i];
     }
 }
+
+CM_SIMD_CLONES
+void cm_silu_forward(float *out, const float *in, size_t n) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) out[i] = cm_silu(in[i]);
+}
+
+CM_SIMD_CLONES
+void cm_softplus_forward(float *out, const float *in, size_t n) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) out[i] = cm_softplus(in[i]);
+}

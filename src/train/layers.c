@@ -139,24 +139,20 @@ void cm_conv1d_backward(float *din, float *dw, float *db, const float *dout, con
 
 /* ---- silu and softplus ----------------------------------------------------- */
 
-void cm_silu_forward(float *out, const float *in, size_t n) {
-    for (size_t i = 0; i < n; i++) out[i] = cm_silu(in[i]);
-}
-
 /* silu'(v) = σ(v)·(1 + v·(1 − σ(v))) */
+CM_SIMD_CLONES
 void cm_silu_backward(float *din, const float *dout, const float *in, size_t n) {
+#pragma omp simd
     for (size_t i = 0; i < n; i++) {
         const float s = 1.0f / (1.0f + expf(-in[i]));
         din[i] += dout[i] * s * (1.0f + in[i] * (1.0f - s));
     }
 }
 
-void cm_softplus_forward(float *out, const float *in, size_t n) {
-    for (size_t i = 0; i < n; i++) out[i] = cm_softplus(in[i]);
-}
-
 /* softplus'(v) = σ(v), and 1 above the threshold where the forward is v */
+CM_SIMD_CLONES
 void cm_softplus_backward(float *din, const float *dout, const float *in, size_t n) {
+#pragma omp simd
     for (size_t i = 0; i < n; i++)
         din[i] += dout[i] * (in[i] > 20.0f ? 1.0f : 1.0f / (1.0f + expf(-in[i])));
 }

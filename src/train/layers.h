@@ -41,10 +41,9 @@ void cm_conv1d_forward(float *out, const float *in, const float *w, const float 
 void cm_conv1d_backward(float *din, float *dw, float *db, const float *dout, const float *in,
                         const float *w, int B, int T, int C, int K);
 
-/* ---- elementwise: silu(v) = v·sigmoid(v); softplus (v itself above 20) --- */
-void cm_silu_forward(float *out, const float *in, size_t n);
+/* ---- elementwise: silu(v) = v·sigmoid(v); softplus (v itself above 20) ---
+ * forward: cm_silu_forward, cm_softplus_forward (model/ops.h). */
 void cm_silu_backward(float *din, const float *dout, const float *in, size_t n);
-void cm_softplus_forward(float *out, const float *in, size_t n);
 void cm_softplus_backward(float *din, const float *dout, const float *in, size_t n);
 
 /* ---- selective scan of one sequence, with D skip and z gate --------------
