@@ -8,7 +8,26 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rng.h"
+
 static int test_checks, test_failures;
+
+/* Random test data, from one generator per test binary. */
+static uint64_t test_rng = 42;
+
+static inline float *rnd(size_t n, double lo, double hi) {
+    float *v = malloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) v[i] = (float)(lo + (hi - lo) * cm_rng_uniform(&test_rng));
+    return v;
+}
+
+static inline float *zeros(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
+
+static inline double dot(const float *a, const float *b, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
 
 #define CHECK(cond)                                                              \
     do {                                                                         \

@@ -6,20 +6,11 @@
 #include <stdint.h>
 
 #include "model/ops.h"
-#include "rng.h"
 #include "ssm/selective_scan.h"
 #include "test.h"
 #include "train/layers.h"
 
 static const double TOL_LINEAR = 1e-5, TOL_SCAN = 1e-5;
-static uint64_t rng = 2024;
-
-static float *rnd(size_t n, double lo, double hi) {
-    float *v = malloc(sizeof(float) * (n ? n : 1));
-    for (size_t i = 0; i < n; i++) v[i] = (float)(lo + (hi - lo) * cm_rng_uniform(&rng));
-    return v;
-}
-
 static float *copy(const float *v, size_t n) {
     float *c = malloc(sizeof(float) * (n ? n : 1));
     memcpy(c, v, sizeof(float) * n);

@@ -27,21 +27,7 @@
 static const float EPS = 1e-2f;
 static const double TOL = 3e-3, TOL_MODEL = 3e-2;
 
-static uint64_t rng = 42;
 
-static float *rnd(size_t n, double lo, double hi) {
-    float *v = malloc(sizeof(float) * (n ? n : 1));
-    for (size_t i = 0; i < n; i++) v[i] = (float)(lo + (hi - lo) * cm_rng_uniform(&rng));
-    return v;
-}
-
-static float *zeros(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
-
-static double dot(const float *a, const float *b, size_t n) {
-    double s = 0;
-    for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
-    return s;
-}
 
 /* A layer under test: f runs its forward on ctx and returns the scalar. */
 typedef double (*scalar_fn)(void *ctx);
@@ -297,7 +283,7 @@ static void test_model(int tied, cmamba_ssm ssm, int masked) {
         const float scale = kind == CM_P_X_PROJ_W || kind == CM_P_EMBEDDING || kind == CM_P_LM_HEAD
                                 ? 3.0f : kind == CM_P_DT_PROJ_W ? 2.0f : 1.0f;
         for (size_t k = 0; k < m->desc[i].numel; k++) {
-            const float u = (float)(2 * cm_rng_uniform(&rng) - 1);
+            const float u = (float)(2 * cm_rng_uniform(&test_rng) - 1);
             v[k] = kind == CM_P_DT_PROJ_B ? u                       /* Δ ∈ (0.3, 1.3) */
                  : kind == CM_P_LOG_DT ? u - 1.0f                   /* Δ ∈ (0.13, 1) */
                  : kind == CM_P_A_LOG ? u - 1.0f                    /* A ∈ (−1, −0.13) */
@@ -377,7 +363,7 @@ static void test_threads(void) {
                          .use_conv_bias = 1, .tie_embeddings = 1};
     const int B = 2, T = 70;
     int32_t ids[2 * 71];
-    for (int i = 0; i < B * (T + 1); i++) ids[i] = (int32_t)(cm_rng_u64(&rng) % 300);
+    for (int i = 0; i < B * (T + 1); i++) ids[i] = (int32_t)(cm_rng_u64(&test_rng) % 300);
     cm_train_model *m;
     cmamba_error err;
     float loss[2], *grads[2];

@@ -27,21 +27,7 @@
 static const float EPS = 1e-2f;
 static const double TOL_FWD = 1e-5, TOL_FD = 3e-3, TOL_BWD = 1e-4;
 
-static uint64_t rng = 7;
 
-static float *rnd(size_t n, double lo, double hi) {
-    float *v = malloc(sizeof(float) * (n ? n : 1));
-    for (size_t i = 0; i < n; i++) v[i] = (float)(lo + (hi - lo) * cm_rng_uniform(&rng));
-    return v;
-}
-
-static float *zeros(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
-
-static double dot(const float *a, const float *b, size_t n) {
-    double s = 0;
-    for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
-    return s;
-}
 
 static double rel_err(const float *a, const float *b, size_t n) {
     double *bd = malloc(sizeof(double) * (n ? n : 1));
@@ -74,7 +60,7 @@ static void s4d_real_init(int di, int N, layer *l) {
         {CM_P_D, l->D, (size_t)di}};
     for (int i = 0; i < 5; i++) {
         const cm_param_desc d = {.kind = p[i].kind, .numel = p[i].n};
-        cm_init_param(&cfg, &d, &rng, p[i].v);
+        cm_init_param(&cfg, &d, &test_rng, p[i].v);
     }
 }
 
@@ -90,12 +76,12 @@ static layer make(int L, int di, int N, int gated, double lo_dt, double hi_dt) {
     l.D = zeros(di);
     s4d_real_init(di, N, &l);
     for (int c = 0; c < di; c++) {
-        l.log_dt[c] = (float)(log(lo_dt) + cm_rng_uniform(&rng) * (log(hi_dt) - log(lo_dt)));
-        l.D[c] = (float)(0.5 + cm_rng_uniform(&rng));
+        l.log_dt[c] = (float)(log(lo_dt) + cm_rng_uniform(&test_rng) * (log(hi_dt) - log(lo_dt)));
+        l.D[c] = (float)(0.5 + cm_rng_uniform(&test_rng));
     }
     for (int i = 0; i < di * N; i++) {
-        l.A_log[i] += (float)(0.3 * (cm_rng_uniform(&rng) - 0.5));
-        l.B[i] = (float)(0.5 + cm_rng_uniform(&rng));
+        l.A_log[i] += (float)(0.3 * (cm_rng_uniform(&test_rng) - 0.5));
+        l.B[i] = (float)(0.5 + cm_rng_uniform(&test_rng));
     }
     l.xz = rnd((size_t)L * 2 * di, -2, 2);
     l.a = (cm_s4d_args){.L = L, .d_inner = di, .d_state = N, .x = l.x, .log_dt = l.log_dt,
@@ -355,6 +341,7 @@ static void test_init(void) {
 }
 
 int main(void) {
+    test_rng = 7;
     printf("forward vs the recurrence in double, tolerance %.0e (max |Δ| / max |ref|)\n",
            TOL_FWD);
     const int shapes[][3] = {{1, 3, 1}, {1, 3, 16}, {7, 5, 1}, {7, 5, 16}, {63, 4, 16},
