@@ -44,6 +44,7 @@ static const char *usage =
     "run\n"
     "  --out DIR          (default runs/<task or data file name>)\n"
     "  --resume DIR       continue the newest checkpoint in DIR exactly\n"
+    "  --plot-only        with --resume: write DIR/loss.svg from the checkpoint, no training\n"
     "  --eval-every N     validation every N steps (default steps/10)\n"
     "  --eval-batches N   batches of held-out data per validation (default 8)\n"
     "  --save-every N     checkpoint every N steps (default steps/4)\n"
@@ -86,7 +87,7 @@ int cmd_train(int argc, char **argv) {
     const char *resume = NULL, *out = NULL;
     long v, threads = 0, log_every = 0, warmup = -1, eval_every = -1, save_every = -1;
     double f, min_lr = -1;
-    int quiet = 0;
+    int quiet = 0, plot_only = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val;
 #define VALUE() if (!(val = arg_value("train", argc, argv, &i))) return 2
@@ -116,6 +117,7 @@ int cmd_train(int argc, char **argv) {
             else if (strcmp(val, "s6")) die_usage("train", "--ssm: expected s6 or s4d, got '%s'", val);
         }
         else if (!strcmp(a, "--quiet")) quiet = 1;
+        else if (!strcmp(a, "--plot-only")) plot_only = 1;
         INT_OPT("--task-len", 4, 1 << 24, o.task.seq_len)
         INT_OPT("--task-tokens", 1, 1 << 20, o.task.n_tokens)
         INT_OPT("--task-vocab", 2, 1 << 20, o.task.vocab)
@@ -181,10 +183,17 @@ int cmd_train(int argc, char **argv) {
                 to->out_dir);
         if (resume) fprintf(stderr, "resuming after step %ld\n", cm_trainer_step(t));
     }
-    int rc = cm_trainer_run(t, report, &ctx, &err);
+    if (plot_only && !resume) die_usage("train", "--plot-only needs --resume DIR");
+    int rc = plot_only ? 0 : cm_trainer_run(t, report, &ctx, &err);
     char *plot = rc ? NULL : cm_path_join(to->out_dir, "loss.svg");
     double loss, acc;
     if (!rc) rc = cm_trainer_plot(t, plot, &err);
+    if (!rc && plot_only) {
+        printf("loss curves: %s\n", plot);
+        free(plot);
+        cm_trainer_free(t);
+        return 0;
+    }
     if (!rc) rc = cm_trainer_validate(t, 4 * to->eval_batches, &loss, &acc, &err);
     if (rc) {
         fprintf(stderr, "cmamba train: %s\n", err.msg);

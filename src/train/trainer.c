@@ -141,7 +141,10 @@ static int options_parse(const cJSON *j, const char *file, cm_trainer_options *o
     for (int i = 0; i < 24; i++)
         if (num(j, keys[i], file, &v[i], err)) return -1;
     char task[64], seed[24], ssm[8];
-    if (str(j, "task", file, task, sizeof task, err) || str(j, "ssm", file, ssm, sizeof ssm, err) ||
+    const cJSON *ssm_item = cJSON_GetObjectItemCaseSensitive(j, "ssm");
+    snprintf(ssm, sizeof ssm, "s6"); /* absent in checkpoints from before S4D */
+    if (ssm_item && str(j, "ssm", file, ssm, sizeof ssm, err)) return -1;
+    if (str(j, "task", file, task, sizeof task, err) ||
         str(j, "data", file, o->data_path, sizeof o->data_path, err) ||
         str(j, "tokenizer", file, o->tokenizer_path, sizeof o->tokenizer_path, err) ||
         str(j, "seed", file, seed, sizeof seed, err))
