@@ -75,12 +75,18 @@ int cm_plot_svg(const char *path, const cm_plot_axes *a, const cm_plot_series *s
         put(&t, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>"
                 "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%g</text>\n",
             PX(x), TOP, PX(x), TOP + ph, PX(x), TOP + ph + 16, x);
-    const double ys = a->log_y ? fmax(1.0, nice_step(y1 - y0)) : nice_step(y1 - y0);
-    const double ystep = a->log_y && y1 - y0 < 1 ? 0.25 : ys;
-    for (double v = ceil(y0 / ystep) * ystep; v <= y1 + 1e-9 * ystep; v += ystep)
+    /* y ticks: decades on a log axis spanning more than one, else round
+     * values (placed logarithmically on a log axis) */
+    const int decades = a->log_y && y1 - y0 >= 1;
+    const double lo = a->log_y && !decades ? pow(10, y0) : y0,
+                 hi = a->log_y && !decades ? pow(10, y1) : y1,
+                 ys = decades ? fmax(1.0, nice_step(y1 - y0)) : nice_step(hi - lo);
+    for (double v = ceil(lo / ys) * ys; v <= hi + 1e-9 * ys; v += ys) {
+        const double pos = a->log_y && !decades ? log10(v) : v;
         put(&t, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>"
                 "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%.3g</text>\n",
-            LEFT, PY(v), LEFT + pw, PY(v), LEFT - 6, PY(v) + 4, a->log_y ? pow(10, v) : v);
+            LEFT, PY(pos), LEFT + pw, PY(pos), LEFT - 6, PY(pos) + 4, decades ? pow(10, v) : v);
+    }
     put(&t, "<rect x=\"%d\" y=\"%d\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" "
             "stroke=\"#444\"/>\n", LEFT, TOP, pw, ph);
     for (size_t s = 0; s < n_series; s++) {
