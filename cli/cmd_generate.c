@@ -28,6 +28,7 @@ static const char *usage =
     "  --print-ids         print the generated ids (not the prompt's) on stdout\n"
     "  --ignore-eos        do not stop at the end-of-text token\n"
     "  --quiet             no timing line on stderr\n"
+    "  --threads N         CPU threads (default: all cores)\n"
     "\n"
     "Stops after N tokens or at the tokenizer's end-of-text token. Prompt and\n"
     "generation speed (tokens/s) go to stderr at the end.\n";
@@ -90,6 +91,11 @@ static int parse(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--print-ids")) o->print_ids = 1;
         else if (!strcmp(a, "--ignore-eos")) o->ignore_eos = 1;
         else if (!strcmp(a, "--quiet")) o->quiet = 1;
+        else if (arg_is(a, "--threads")) {
+            VALUE();
+            if (arg_int("generate", "--threads", val, 1, 4096, &k)) return -1;
+            cmamba_set_threads((int)k);
+        }
         else die_usage("generate", "unknown option '%s'", a);
 #undef VALUE
     }
