@@ -403,12 +403,12 @@ static void test_broken_files(void) {
 
 /* ---- the pickle reader on its own, mutated ------------------------------- */
 
-static unsigned char zeros[4096];
+static unsigned char zero_bytes[4096];
 
 static int zero_storage(void *ctx, const char *key, size_t nbytes, const void **data,
                         cmamba_error *err) {
-    if (nbytes > sizeof zeros) return cm_fail(err, "storage '%s' too large", key);
-    *data = zeros;
+    if (nbytes > sizeof zero_bytes) return cm_fail(err, "storage '%s' too large", key);
+    *data = zero_bytes;
     return 0;
 }
 
