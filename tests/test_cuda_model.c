@@ -10,15 +10,19 @@
  * untied heads; block clusters of 1, 2, 8 and 16) and on the 130m shape;
  * and on the inference fixtures (tests/fixtures/models): fp32 logits
  * against transformers' float64 ones, and 24 greedy tokens identical to the
- * CPU's (and to transformers' as far as the fixture goes).
+ * CPU's (and to transformers' as far as the fixture goes); and the skinny
+ * product of decoding (cuda/gemv.h) against a float64 product of the same
+ * operands, for 1, 3, 8 and 64 rows, odd shapes and every output mode.
  * Exit 77 without a GPU. */
 #include <cjson/cJSON.h>
+#include <cuda_runtime_api.h>
 #include <dirent.h>
 #include <stdint.h>
 #include <sys/stat.h>
 
 #include "cmamba.h"
 #include "common.h"
+#include "cuda/gemv.h"
 #include "cuda/model_cuda.h"
 #include "rng.h"
 #include "test.h"
@@ -331,11 +335,91 @@ static void check_fixtures(void) {
     CHECK_MSG(cases >= 5, "only %d fixtures found", cases);
 }
 
+/* n values in [−1, 1), as the device holds them (bf16: rounded) */
+static float *random_operand(size_t n, int bf16, uint64_t *rng) {
+    float *v = malloc(sizeof *v * n);
+    for (size_t i = 0; i < n; i++) {
+        v[i] = (float)(cm_rng_u64(rng) % 2000001) / 1e6f - 1.f;
+        if (bf16) v[i] = cm_bf16_to_f32(cm_f32_to_bf16(v[i]));
+    }
+    return v;
+}
+
+/* a host fp32 array on the device in dt (offset by `skew` elements, so
+ * that rows are not 16-byte aligned) */
+static void *to_device(const float *v, size_t n, int bf16, size_t skew) {
+    const size_t es = bf16 ? 2 : 4;
+    char *d = NULL;
+    CHECK(cudaMalloc((void **)&d, (n + skew) * es) == cudaSuccess);
+    void *h = malloc(n * es);
+    for (size_t i = 0; i < n; i++) {
+        if (bf16) ((uint16_t *)h)[i] = cm_f32_to_bf16(v[i]);
+        else ((float *)h)[i] = v[i];
+    }
+    CHECK(cudaMemcpy(d + skew * es, h, n * es, cudaMemcpyHostToDevice) == cudaSuccess);
+    free(h);
+    return d + skew * es;
+}
+
+static void check_gemv_case(int bf16, int rows, int n_in, int n_out, int out_f32, int acc,
+                            size_t skew, uint64_t *rng) {
+    const size_t no = (size_t)rows * n_out, es = bf16 ? 2 : 4, oes = out_f32 ? 4 : es;
+    float *x = random_operand((size_t)rows * n_in, bf16, rng);
+    float *w = random_operand((size_t)n_out * n_in, bf16, rng);
+    float *o0 = random_operand(no, bf16 && !out_f32, rng), *ref = malloc(sizeof *ref * no);
+    float *got = malloc(sizeof *got * no);
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < n_out; j++) {
+            double sum = acc ? o0[(size_t)r * n_out + j] : 0;
+            for (int k = 0; k < n_in; k++) sum += (double)x[(size_t)r * n_in + k] * w[(size_t)j * n_in + k];
+            ref[(size_t)r * n_out + j] = (float)sum;
+        }
+    char *dx = to_device(x, (size_t)rows * n_in, bf16, skew);
+    char *dw = to_device(w, (size_t)n_out * n_in, bf16, skew);
+    char *dout = to_device(o0, no, bf16 && !out_f32, 0);
+    CHECK(cm_cuda_gemv(dout, out_f32, acc, dx, dw, rows, n_in, n_out,
+                       bf16 ? CM_CUDA_BF16 : CM_CUDA_F32, 0) == cudaSuccess);
+    void *h = malloc(no * oes);
+    CHECK(cudaMemcpy(h, dout, no * oes, cudaMemcpyDeviceToHost) == cudaSuccess);
+    for (size_t i = 0; i < no; i++)
+        got[i] = oes == 2 ? cm_bf16_to_f32(((uint16_t *)h)[i]) : ((float *)h)[i];
+    /* fp32 sums of exact products: 1e-5 of the largest; a bf16 output: its rounding */
+    const double e = rel_err(got, ref, no), tol = oes == 2 ? 1e-2 : 1e-5;
+    printf("  gemv %s rows %2d %4d → %-5d %s%s%s %.2e\n", bf16 ? "bf16" : "fp32", rows, n_in,
+           n_out, out_f32 ? "f32 out" : "dt out", acc ? " +=" : "", skew ? " unaligned" : "", e);
+    CHECK_MSG(e <= tol, "gemv %s rows %d %d → %d: error %.3e > %.0e", bf16 ? "bf16" : "fp32",
+              rows, n_in, n_out, e, tol);
+    cudaFree(dx - skew * es);
+    cudaFree(dw - skew * es);
+    cudaFree(dout);
+    free(h), free(x), free(w), free(o0), free(ref), free(got);
+}
+
+static void check_gemv(void) {
+    uint64_t rng = 99;
+    static const int ROWS[] = {1, 3, 8, 64};
+    /* in_proj and out_proj of the 130m shape, cols = dt_rank (48), an odd
+     * row length (scalar loads), rows of more than UNROLL·32 chunks, for
+     * 2 and 4 warps a feature */
+    static const int SHAPES[][2] = {{768, 3072}, {1536, 771}, {48, 37}, {37, 29}, {2600, 45},
+                                     {5120, 19}};
+    for (int bf16 = 0; bf16 < 2; bf16++)
+        for (size_t r = 0; r < sizeof ROWS / sizeof *ROWS; r++)
+            for (size_t s = 0; s < sizeof SHAPES / sizeof *SHAPES; s++) {
+                const int in = SHAPES[s][0], out = SHAPES[s][1], mode = (int)(r + s) % 3;
+                /* in turn: dt out, f32 out, f32 out accumulated */
+                check_gemv_case(bf16, ROWS[r], in, out, mode > 0, mode == 2, 0, &rng);
+            }
+    check_gemv_case(1, 3, 768, 100, 1, 0, 1, &rng); /* 16-byte loads would be misaligned */
+    check_gemv_case(0, 2, 64, 33, 0, 1, 2, &rng);
+}
+
 int main(void) {
     cmamba_error err;
     if (cm_cuda_available(&err)) SKIP("%s", err.msg);
     const char *tmp = test_env("CMAMBA_TMP", "/tmp");
     mkdir(tmp, 0755);
+    check_gemv();
 
     struct {
         const char *name;

@@ -2,6 +2,7 @@
 #include <algorithm>
 
 #include "cuda/gemm.cuh"
+#include "cuda/gemv.h"
 
 namespace cm {
 namespace {
@@ -49,7 +50,12 @@ void tuned_linear_free(TunedLinear &t) {
 cublasStatus_t tuned_linear(const TunedLinear &t, const Blas &b, void *out, const void *in,
                             const void *W) {
     const float *beta = t.accumulate ? &ONE : &ZERO;
-    if (!t.gemv)
+    if (t.path == TunedLinear::GEMV)
+        return cm_cuda_gemv(out, t.c32, t.accumulate, in, W, t.rows, t.n_in, t.n_out, b.dt,
+                            b.stream) == cudaSuccess
+                   ? CUBLAS_STATUS_SUCCESS
+                   : CUBLAS_STATUS_EXECUTION_FAILED;
+    if (t.path == TunedLinear::LT)
         return cublasLtMatmul(b.lt, t.op, &ONE, W, t.a, in, t.b, beta, out, t.c, out, t.c, &t.algo,
                               b.ws, b.ws_bytes, b.stream);
     /* out (n_out) = Wᵀ·in with W seen as the column-major (n_in × n_out) */
@@ -71,7 +77,7 @@ cublasStatus_t tuned_linear_init(TunedLinear &t, const Blas &b, void *out, bool 
                                  const void *in, const void *W, int rows, int n_in, int n_out) {
     enum { CANDIDATES = 8, REPS = 10 };
     tuned_linear_free(t);
-    t.accumulate = accumulate, t.c32 = c32, t.n_in = n_in, t.n_out = n_out;
+    t.accumulate = accumulate, t.c32 = c32, t.rows = rows, t.n_in = n_in, t.n_out = n_out;
     /* as linear_rows: out (n_out × rows) = Wᵀ (W stored n_in × n_out) · in (n_in × rows) */
     const cudaDataType ab = ab_type(b);
     const cublasOperation_t T = CUBLAS_OP_T;
@@ -103,9 +109,11 @@ cublasStatus_t tuned_linear_init(TunedLinear &t, const Blas &b, void *out, bool 
     cudaEventCreate(&e0);
     cudaEventCreate(&e1);
     float best = INFINITY;
-    int pick = -2; /* −1: the matrix-vector product */
-    for (int i = rows == 1 ? -1 : 0; i < found; i++) {
-        t.gemv = i < 0;
+    /* −2: cm_cuda_gemv, −1: cuBLAS's matrix-vector product, then cuBLASLt's */
+    int pick = -3;
+    for (int i = rows <= CM_CUDA_GEMV_ROWS ? -2 : 0; i < found; i++) {
+        if (i == -1 && rows != 1) continue;
+        t.path = i == -2 ? TunedLinear::GEMV : i == -1 ? TunedLinear::BLAS_GEMV : TunedLinear::LT;
         if (i >= 0) {
             if (cand[i].state != CUBLAS_STATUS_SUCCESS) continue;
             t.algo = cand[i].algo;
@@ -121,12 +129,13 @@ cublasStatus_t tuned_linear_init(TunedLinear &t, const Blas &b, void *out, bool 
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
     cudaGetLastError();
-    if (pick < -1) {
+    if (pick < -2) {
         tuned_linear_free(t);
         return CUBLAS_STATUS_NOT_SUPPORTED;
     }
-    t.gemv = pick < 0;
+    t.path = pick == -2 ? TunedLinear::GEMV : pick == -1 ? TunedLinear::BLAS_GEMV : TunedLinear::LT;
     if (pick >= 0) t.algo = cand[pick].algo;
+    t.ready = true;
     return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -41,17 +41,20 @@ cublasStatus_t linear_cols(const Blas &b, void *out, const void *in, const void 
 cublasStatus_t linear_from_cols_acc(const Blas &b, float *h, const void *in, const void *W, int L,
                                     int n_in, int n_out);
 
-/* linear_rows for one shape, through the fastest of cuBLASLt's candidate
- * algorithms for it and, for one row, cuBLAS's matrix-vector product,
- * chosen by timing them once: the skinny products of decoding are bound by
+/* linear_rows for one shape, through the fastest of its candidates, chosen
+ * by timing them once: cuBLASLt's algorithms for it, cuBLAS's
+ * matrix-vector product for one row, and up to CM_CUDA_GEMV_ROWS rows
+ * cm_cuda_gemv (gemv.h). The skinny products of decoding are bound by
  * streaming the weights, which the library's first guess can do with a
  * handful of thread blocks. */
 struct TunedLinear {
+    enum Path { LT, BLAS_GEMV, GEMV };
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo;
-    bool accumulate = false, c32 = false, gemv = false;
-    int n_in = 0, n_out = 0;
+    Path path = LT;
+    bool accumulate = false, c32 = false, ready = false;
+    int rows = 0, n_in = 0, n_out = 0;
 };
 /* Times the candidates on these operands (out is overwritten: scratch). */
 cublasStatus_t tuned_linear_init(TunedLinear &t, const Blas &b, void *out, bool c32, bool accumulate,

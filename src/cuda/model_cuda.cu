@@ -529,7 +529,7 @@ int enqueue_step(cm_cuda_model *m, cm_cuda_state *s, int n, int mode, cmamba_err
         a.dt_b = w->dt_b, a.A = w->A, a.D = w->D, a.ssm = ssm_at(s, l, 0), a.y = s->y;
         a.xc = s->xc, a.dbc = s->dbc;
         a.d_inner = di, a.K = c->d_conv, a.R = c->dt_rank, a.N = c->d_state;
-        if (step_is_split(n)) {
+        if (step_is_split(n, m->cluster)) {
             CU(mixer_step_conv(a, n, m->dt, st));
             BLAS(tuned_linear(tl[X_PROJ], m->blas, s->dbc, s->xc, w->x_w));
             CU(mixer_step_update(a, n, m->dt, st));
@@ -558,7 +558,7 @@ int tune_step(cm_cuda_model *m, cm_cuda_state *s, int n, cmamba_error *err) {
     TunedLinear *tl = &s->tuned[n * PRODUCTS];
     const Layer *w = &m->layers[0];
     BLAS(tuned_linear_init(tl[IN_PROJ], m->blas, s->xz, false, false, s->normed, w->in_w, n, d, 2 * di));
-    if (step_is_split(n))
+    if (step_is_split(n, m->cluster))
         BLAS(tuned_linear_init(tl[X_PROJ], m->blas, s->dbc, true, false, s->xc, w->x_w, n, di,
                                c->dt_rank + 2 * c->d_state));
     BLAS(tuned_linear_init(tl[OUT_PROJ], m->blas, s->h, true, true, s->y, w->out_w, n, di, d));
@@ -570,7 +570,7 @@ int tune_step(cm_cuda_model *m, cm_cuda_state *s, int n, cmamba_error *err) {
 /* The step for n sequences and these outputs as an instantiated graph. */
 int capture_step(cm_cuda_model *m, cm_cuda_state *s, int n, int mode, cudaGraphExec_t *exec,
                  cmamba_error *err) {
-    if (!s->tuned[n * PRODUCTS].op && tune_step(m, s, n, err)) return -1;
+    if (!s->tuned[n * PRODUCTS].ready && tune_step(m, s, n, err)) return -1;
     CU(cudaStreamBeginCapture(m->stream, cudaStreamCaptureModeThreadLocal));
     const int rc = enqueue_step(m, s, n, mode, err);
     cudaGraph_t g = nullptr;

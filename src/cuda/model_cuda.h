@@ -12,10 +12,13 @@
  * runs one token of each of n sequences per step: per layer an RMSNorm
  * with the residual add, the in_proj product, one fused kernel (conv
  * window shift, x_proj, Δ, state update, output and gate; for more than 8
- * sequences a conv kernel, the x_proj product and an update kernel) and
+ * sequences, or too few to fill the device, a conv kernel, the x_proj
+ * product and an update kernel) and
  * the out_proj product, captured once per batch size in a CUDA graph and
- * replayed; the products run the cuBLASLt algorithm (or, for one sequence,
- * the matrix-vector product) timed fastest for that size.
+ * replayed, its kernels overlapping their predecessors' tails (pdl.cuh);
+ * the products run the candidate timed fastest for that size: a cuBLASLt
+ * algorithm, for one sequence cuBLAS's matrix-vector product, for a few
+ * our own (gemv.h).
  *
  * States live on the device, in slots of a cm_cuda_state: every call names
  * the slots it advances. Every function returns 0 on success and -1 with a

@@ -47,7 +47,7 @@ cudaError_t conv_chunk(const void *x, float *state, const float *w, const float 
 /* One step of a layer's mixer after in_proj, for sequences 0 … batch−1 (SPEC.md
  * steps 2-9 as a recurrence): conv window shift, silu, [δ | B | C] = x·W_xᵀ,
  * Δ = softplus(δ·W_dtᵀ + b_dt), h = exp(Δ·A)·h + Δ·B·x, y = (C·h + D·x)·silu(z).
- * Small batches: mixer_step, one fused launch. Large ones (step_is_split):
+ * Small batches: mixer_step, one fused launch. Others (step_is_split):
  * mixer_step_conv writes xc, the caller's product xc·W_xᵀ writes dbc, and
  * mixer_step_update does the rest. */
 struct StepArgs {
@@ -72,7 +72,7 @@ struct StepArgs {
 int step_setup(int d_inner, int dt_rank, int d_state);
 cudaError_t mixer_step(const StepArgs &a, int cluster, int batch, cm_cuda_dtype dt,
                        cudaStream_t stream);
-bool step_is_split(int batch);
+bool step_is_split(int batch, int cluster);
 cudaError_t mixer_step_conv(const StepArgs &a, int batch, cm_cuda_dtype dt, cudaStream_t stream);
 cudaError_t mixer_step_update(const StepArgs &a, int batch, cm_cuda_dtype dt, cudaStream_t stream);
 

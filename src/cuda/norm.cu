@@ -2,8 +2,10 @@
  * h += bias (the previous layer's out_proj bias; the product itself was
  * accumulated into h by cuBLAS), then out = h / sqrt(mean(h²) + eps) · w.
  * Two passes over each row (the second from cache); the residual stays
- * fp32 and only `out` takes the activation type. */
+ * fp32 and only `out` takes the activation type. A programmatic dependent
+ * launch (pdl.cuh): in the decoding step it follows out_proj. */
 #include "cuda/model_kernels.cuh"
+#include "cuda/pdl.cuh"
 #include "cuda/scan_common.cuh"
 
 namespace cm {
@@ -28,6 +30,8 @@ template <typename T>
 __global__ void __launch_bounds__(NORM_BLOCK)
 add_norm_kernel(float *h, const float *bias, const float *w, float eps, T *out, int d) {
     __shared__ float red[NORM_BLOCK / 32];
+    pdl_launch_dependents();
+    pdl_wait(); /* h is the previous kernel's */
     float *row = h + (size_t)blockIdx.x * d;
     float ss = 0.f;
 #pragma unroll 4
@@ -49,8 +53,7 @@ cudaError_t add_norm(float *h, const float *bias, const float *w, float eps, voi
                      cm_cuda_dtype dt, int rows, int d, cudaStream_t stream) {
     return with_type(dt, [&](auto t) {
         using T = decltype(t);
-        add_norm_kernel<T><<<rows, NORM_BLOCK, 0, stream>>>(h, bias, w, eps, (T *)out, d);
-        return cudaGetLastError();
+        return launch_pdl(add_norm_kernel<T>, rows, NORM_BLOCK, 0, stream, h, bias, w, eps, (T *)out, d);
     });
 }
 
