@@ -12,6 +12,7 @@
 #include "cmamba.h"
 #include "commands.h"
 #include "common.h"
+#include "dist/dist.h"
 #include "train/trainer.h"
 
 static const char *usage =
@@ -50,7 +51,10 @@ static const char *usage =
     "  --save-every N     checkpoint every N steps (default steps/4)\n"
     "  --threads N        OpenMP threads (default: all cores)\n"
     "  --log-every N      progress line every N steps when stderr is not a terminal\n"
-    "  --quiet            no progress on stderr\n";
+    "  --quiet            no progress on stderr\n"
+    "\n"
+    "Data-parallel: `cmamba launch --nproc N train ...` (or torchrun --no-python)\n"
+    "runs N processes with --batch each, as one run with N x --batch.\n";
 
 typedef struct {
     int quiet, tty;
@@ -160,10 +164,19 @@ int cmd_train(int argc, char **argv) {
     } else snprintf(o.out_dir, sizeof o.out_dir, "runs/%s", cm_task_name(o.task.kind));
 
     cmamba_error err;
-    cm_trainer *t;
-    if (resume ? cm_trainer_resume(resume, &t, &err) : cm_trainer_new(&o, &t, &err)) {
+    cm_dist *dist; /* several processes (cmamba launch, torchrun), or this one alone */
+    if (cm_dist_init(&dist, &err)) {
         fprintf(stderr, "cmamba train: %s\n", err.msg);
+        return 1;
+    }
+    const int world = cm_dist_world(dist), rank = cm_dist_rank(dist);
+    if (rank > 0) quiet = 1; /* rank 0 speaks for the group */
+    cm_trainer *t;
+    if ((resume ? cm_trainer_resume(resume, &t, &err) : cm_trainer_new(&o, &t, &err)) ||
+        (world > 1 && cm_trainer_set_dist(t, dist, &err))) {
+        fprintf(stderr, "cmamba train: rank %d: %s\n", rank, err.msg);
         cm_trainer_free(t);
+        cm_dist_free(dist);
         return 1;
     }
     const cm_trainer_options *to = cm_trainer_opts(t);
@@ -178,6 +191,7 @@ int cmd_train(int argc, char **argv) {
             fprintf(stderr, "%s, L = %d | ", cm_task_name(to->task.kind), to->task.seq_len);
         else
             fprintf(stderr, "%s | ", to->data_path);
+        if (world > 1) fprintf(stderr, "%d processes x ", world);
         fprintf(stderr, "batch %d x %d, %ld steps%s | %d threads | out: %s\n", to->batch,
                 to->accum, to->steps, resume ? " (resumed)" : "", omp_get_max_threads(),
                 to->out_dir);
@@ -185,6 +199,12 @@ int cmd_train(int argc, char **argv) {
     }
     if (plot_only && !resume) die_usage("train", "--plot-only needs --resume DIR");
     int rc = plot_only ? 0 : cm_trainer_run(t, report, &ctx, &err);
+    if (rank > 0 || (rc && world > 1)) {
+        if (rc) fprintf(stderr, "cmamba train: rank %d: %s\n", rank, err.msg);
+        cm_trainer_free(t);
+        cm_dist_free(dist);
+        return rc ? 1 : 0;
+    }
     char *plot = rc ? NULL : cm_path_join(to->out_dir, "loss.svg");
     double loss, acc;
     if (!rc) rc = cm_trainer_plot(t, plot, &err);
@@ -192,13 +212,14 @@ int cmd_train(int argc, char **argv) {
         printf("loss curves: %s\n", plot);
         free(plot);
         cm_trainer_free(t);
+        cm_dist_free(dist);
         return 0;
     }
     if (!rc) rc = cm_trainer_validate(t, 4 * to->eval_batches, &loss, &acc, &err);
     if (rc) {
         fprintf(stderr, "cmamba train: %s\n", err.msg);
     } else {
-        const int held_out = 4 * to->eval_batches * to->batch;
+        const int held_out = 4 * to->eval_batches * world * to->batch;
         if (acc >= 0)
             printf("%s accuracy: %.2f%% of the recalled tokens of %d held-out examples "
                    "(loss %.4f)\n", cm_task_name(to->task.kind), 100 * acc, held_out, loss);
@@ -209,5 +230,6 @@ int cmd_train(int argc, char **argv) {
     }
     free(plot);
     cm_trainer_free(t);
+    cm_dist_free(dist);
     return rc ? 1 : 0;
 }

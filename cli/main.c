@@ -19,6 +19,7 @@ static const struct {
     {"quantize", cmd_quantize, "store a checkpoint's weights as bf16, 8-bit or 4-bit quants"},
     {"bench", cmd_bench, "prompt and generation speed against this machine's measured limits"},
     {"grad", cmd_grad, "gradients of the next-token loss of a sequence, as safetensors"},
+    {"launch", cmd_launch, "run a command in N data-parallel processes (as torchrun does)"},
 };
 
 static void usage(FILE *out) {

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "common.h"
+#include "dist/dist.h"
 #include "io/config.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
@@ -32,7 +33,9 @@ struct cm_trainer {
     cm_text_data text; /* when !o.use_task */
     uint64_t rng;      /* the training data stream */
     int T;             /* tokens per sequence */
-    int32_t *inputs, *targets; /* (batch, T) */
+    int32_t *inputs, *targets; /* (world · batch, T): the group's whole batch */
+    cm_dist *dist;             /* data-parallel group; NULL: this process alone */
+    int world, rank;
     series loss, val_step, val_loss, val_acc;
 };
 
@@ -227,6 +230,15 @@ static const char *options_check(const cm_trainer_options *o) {
     return NULL;
 }
 
+static int batch_buffers(cm_trainer *t, cmamba_error *err) {
+    const size_t n = (size_t)t->world * t->o.batch * t->T;
+    free(t->inputs);
+    free(t->targets);
+    t->inputs = cm_malloc(sizeof(int32_t) * n, err);
+    t->targets = cm_malloc(sizeof(int32_t) * n, err);
+    return t->inputs && t->targets ? 0 : -1;
+}
+
 /* Data, buffers, optimizer: everything but the parameters. */
 static int setup(cm_trainer *t, cmamba_error *err) {
     const cm_trainer_options *o = &t->o;
@@ -248,10 +260,8 @@ static int setup(cm_trainer *t, cmamba_error *err) {
             return cm_fail(err, "%s: the validation part is shorter than one window of %d tokens",
                            o->data_path, t->T + 1);
     }
-    size_t n = (size_t)o->batch * t->T;
-    t->inputs = cm_malloc(sizeof(int32_t) * n, err);
-    t->targets = cm_malloc(sizeof(int32_t) * n, err);
-    if (!t->inputs || !t->targets) return -1;
+    t->world = 1;
+    if (batch_buffers(t, err)) return -1;
     return cm_adamw_init(&t->opt, &o->opt, t->m->desc, t->m->n_tensors, err);
 }
 
@@ -353,9 +363,12 @@ static void split_windows(const int32_t *ids, int B, int T, int32_t *in, int32_t
     }
 }
 
-/* Batch i of the held-out set, or (rng non-NULL) the next training batch. */
+/* Batch i of the held-out set, or (rng non-NULL) the next training batch;
+ * the whole group's, world · batch sequences, which every rank draws alike
+ * (cheap) and takes its own rows of, so that a group sees the batches of one
+ * process with world times the batch. */
 static int fill_batch(cm_trainer *t, uint64_t *rng, size_t val_index, cmamba_error *err) {
-    const int B = t->o.batch, T = t->T;
+    const int B = t->world * t->o.batch, T = t->T;
     if (t->o.use_task) {
         uint64_t vr = t->o.seed ^ VAL_SEED_MIX;
         if (!rng) {
@@ -391,7 +404,7 @@ int cm_trainer_validate(cm_trainer *t, int batches, double *loss, double *accura
     for (int i = 0; i < batches; i++) {
         cm_train_stats st;
         if (fill_batch(t, NULL, (size_t)i, err) ||
-            cm_train_run(t->m, t->inputs, t->targets, t->o.batch, t->T, 0.0f, &st, err))
+            cm_train_run(t->m, t->inputs, t->targets, t->world * t->o.batch, t->T, 0.0f, &st, err))
             return -1;
         sum += st.loss_sum;
         scored += st.scored;
@@ -438,6 +451,37 @@ done:
     return rc;
 }
 
+int cm_trainer_set_dist(cm_trainer *t, cm_dist *d, cmamba_error *err) {
+    t->dist = d;
+    t->world = d ? cm_dist_world(d) : 1;
+    t->rank = d ? cm_dist_rank(d) : 0;
+    return batch_buffers(t, err);
+}
+
+static long count_scored(const int32_t *targets, size_t n) {
+    long k = 0;
+    for (size_t i = 0; i < n; i++) k += targets[i] >= 0;
+    return k;
+}
+
+/* One micro-batch of this rank. Each rank's gradient is weighted by its
+ * share of the group's scored targets, so that the sum over ranks is the
+ * gradient of the mean over the whole batch; the loss statistics are summed
+ * over the group into stats (loss sum, scored, correct). */
+static int micro_step(cm_trainer *t, double stats[3], cmamba_error *err) {
+    const cm_trainer_options *o = &t->o;
+    const size_t rows = (size_t)o->batch * t->T, mine = (size_t)t->rank * rows;
+    if (fill_batch(t, &t->rng, 0, err)) return -1;
+    const long all = count_scored(t->targets, rows * t->world);
+    const long own = count_scored(t->targets + mine, rows);
+    const float weight = all ? (float)((double)own / all / o->accum) : 1.0f / o->accum;
+    cm_train_stats st;
+    if (cm_train_run(t->m, t->inputs + mine, t->targets + mine, o->batch, t->T, weight, &st, err))
+        return -1;
+    stats[0] = st.loss_sum, stats[1] = (double)st.scored, stats[2] = (double)st.correct;
+    return t->dist ? cm_dist_allreduce_sum(t->dist, stats, 3, CM_DIST_F64, err) : 0;
+}
+
 int cm_trainer_run(cm_trainer *t, cm_trainer_report report, void *ctx, cmamba_error *err) {
     const cm_trainer_options *o = &t->o;
     const double t0 = now_s();
@@ -447,15 +491,15 @@ int cm_trainer_run(cm_trainer *t, cm_trainer_report report, void *ctx, cmamba_er
         double loss = 0;
         long scored = 0, correct = 0;
         for (int a = 0; a < o->accum; a++) {
-            cm_train_stats st;
-            if (fill_batch(t, &t->rng, 0, err) ||
-                cm_train_run(t->m, t->inputs, t->targets, o->batch, t->T, 1.0f / o->accum, &st,
-                             err))
-                return -1;
-            loss += st.loss / o->accum;
-            scored += st.scored;
-            correct += st.correct;
+            double stats[3];
+            if (micro_step(t, stats, err)) return -1;
+            loss += (stats[1] > 0 ? stats[0] / stats[1] : 0) / o->accum;
+            scored += (long)stats[1];
+            correct += (long)stats[2];
         }
+        if (t->world > 1 &&
+            cm_dist_allreduce_sum(t->dist, t->m->grads, t->m->n_params, CM_DIST_F32, err))
+            return -1;
         cm_trainer_progress p = {.step = step + 1, .steps = o->steps, .loss = (float)loss,
                                  .lr = cm_lr_at(&o->opt, step)};
         p.grad_norm = cm_adamw_step(&t->opt, t->m->params, t->m->grads);
@@ -463,9 +507,10 @@ int cm_trainer_run(cm_trainer *t, cm_trainer_report report, void *ctx, cmamba_er
         if (series_push(&t->loss, p.loss, err)) return -1;
         p.accuracy = o->use_task && scored ? (double)correct / scored : -1;
         p.elapsed_s = now_s() - t0;
-        p.tokens_per_s = (double)(step + 1 - first) * o->accum * o->batch * t->T / p.elapsed_s;
+        p.tokens_per_s =
+            (double)(step + 1 - first) * o->accum * t->world * o->batch * t->T / p.elapsed_s;
         const int last = step + 1 == o->steps;
-        if ((o->eval_every > 0 && (step + 1) % o->eval_every == 0) || last) {
+        if (t->rank == 0 && ((o->eval_every > 0 && (step + 1) % o->eval_every == 0) || last)) {
             if (cm_trainer_validate(t, o->eval_batches, &p.val_loss, &p.val_accuracy, err)) return -1;
             p.has_val = 1;
             if (series_push(&t->val_step, (float)(step + 1), err) ||
@@ -473,10 +518,13 @@ int cm_trainer_run(cm_trainer *t, cm_trainer_report report, void *ctx, cmamba_er
                 series_push(&t->val_acc, (float)p.val_accuracy, err))
                 return -1;
         }
-        if (((o->save_every > 0 && (step + 1) % o->save_every == 0) || last) && save(t, err))
+        /* every rank holds the same weights: rank 0 writes them */
+        if (t->rank == 0 && ((o->save_every > 0 && (step + 1) % o->save_every == 0) || last) &&
+            save(t, err))
             return -1;
-        if (report) report(ctx, &p);
+        if (report && t->rank == 0) report(ctx, &p);
     }
+    if (t->rank != 0) return 0;
     if (cm_model_save(o->out_dir, t->m, err)) return -1;
     return o->tokenizer_path[0] ? copy_tokenizer(o, err) : 0;
 }

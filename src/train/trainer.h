@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "train/optimizer.h"
+#include "dist/dist.h"
 #include "train/tasks.h"
 
 typedef struct {
@@ -53,6 +54,14 @@ void cm_trainer_free(cm_trainer *t);
 
 const cm_trainer_options *cm_trainer_opts(const cm_trainer *t);
 long cm_trainer_step(const cm_trainer *t);
+
+/* Makes t one rank of a data-parallel group (NULL: alone): every rank
+ * draws the group's batch of world · batch sequences and trains on its own
+ * batch rows; gradients and loss statistics are summed over the group
+ * before each optimizer step, so that all ranks keep the same weights and a
+ * group of N gives the losses of one process with N times the batch (to
+ * fp32 summation order). Rank 0 alone reports, validates and saves. */
+int cm_trainer_set_dist(cm_trainer *t, cm_dist *d, cmamba_error *err);
 
 /* Trains up to the options' step count, reporting every step; saves
  * checkpoints every save_every steps and at the end, and writes the final
