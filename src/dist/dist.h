@@ -23,6 +23,10 @@
 
 #include "cmamba.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct cm_dist cm_dist;
 
 /* The group of the environment; a group of one without WORLD_SIZE. Waits
@@ -43,5 +47,9 @@ int cm_dist_allreduce_sum(cm_dist *d, void *buf, size_t n, cm_dist_type type, cm
 /* buf (n bytes) := rank 0's buf. */
 int cm_dist_broadcast(cm_dist *d, void *buf, size_t n, cmamba_error *err);
 int cm_dist_barrier(cm_dist *d, cmamba_error *err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
