@@ -13,16 +13,12 @@
 
 #include "cuda/model_cuda.h"
 #include "cuda/nccl_group.h"
+#include "group.h"
 #include "test.h"
 
-static int port;
-
 /* Sums rank-dependent integers (exact in fp32); 0 when every value is right. */
-static int sum_on_gpu(int rank, int world, const char *want_transport) {
-    char v[16];
-    snprintf(v, sizeof v, "%d", world), setenv("WORLD_SIZE", v, 1), setenv("LOCAL_WORLD_SIZE", v, 1);
-    snprintf(v, sizeof v, "%d", rank), setenv("RANK", v, 1), setenv("LOCAL_RANK", v, 1);
-    snprintf(v, sizeof v, "%d", port), setenv("MASTER_PORT", v, 1);
+static int sum_on_gpu(int rank, int world, const void *want) {
+    const char *want_transport = want;
     cmamba_error err;
     cm_dist *d;
     cm_cuda_group *g;
@@ -49,19 +45,6 @@ static int sum_on_gpu(int rank, int world, const char *want_transport) {
     return bad;
 }
 
-static int run_group(int world, const char *want) {
-    pid_t pid[2];
-    for (int r = 0; r < world; r++)
-        if ((pid[r] = fork()) == 0) _exit(sum_on_gpu(r, world, want));
-    int failed = 0;
-    for (int r = 0; r < world; r++) {
-        int st;
-        waitpid(pid[r], &st, 0);
-        failed += !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-    }
-    return failed;
-}
-
 int main(void) {
     cmamba_error err;
     pid_t probe = fork(); /* no CUDA in this process: the children fork from it */
@@ -72,11 +55,10 @@ int main(void) {
         fprintf(stderr, "skipped: no usable CUDA device\n");
         return 77;
     }
-    port = 20000 + (int)(getpid() % 20000);
+    const int port = 20000 + (int)(getpid() % 20000);
     void *nccl = dlopen("libnccl.so.2", RTLD_LAZY | RTLD_LOCAL);
     fprintf(stderr, "libnccl.so.2 %s\n", nccl ? "found" : "not found: host sums only");
-    CHECK_MSG(run_group(1, nccl ? "NCCL" : "host sums") == 0, "a group of one");
-    port++;
-    CHECK_MSG(run_group(2, "host sums, 2 ranks sharing GPUs") == 0, "two ranks on one GPU");
+    CHECK_MSG(run_group(1, port, sum_on_gpu, nccl ? "NCCL" : "host sums") == 0, "a group of one");
+    CHECK_MSG(run_group(2, port + 1, sum_on_gpu, "host sums, 2 ranks sharing GPUs") == 0, "two ranks on one GPU");
     return test_summary();
 }

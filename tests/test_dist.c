@@ -6,45 +6,23 @@
 
 #include <stdint.h>
 #include <stdio.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "dist/dist.h"
+#include "group.h"
 #include "test.h"
-
-static int base_port;
 
 static void set_env(int world, int rank, int port) {
     char v[32];
     snprintf(v, sizeof v, "%d", world), setenv("WORLD_SIZE", v, 1);
     snprintf(v, sizeof v, "%d", rank), setenv("RANK", v, 1);
     snprintf(v, sizeof v, "%d", port), setenv("MASTER_PORT", v, 1);
-    setenv("MASTER_ADDR", "127.0.0.1", 1);
-}
-
-/* Runs body(rank) in `world` child processes; returns how many exited non-zero. */
-static int run_group(int world, int port, int (*body)(int rank, int world)) {
-    pid_t pid[8];
-    for (int r = 0; r < world; r++) {
-        pid[r] = fork();
-        if (pid[r] == 0) {
-            set_env(world, r, port);
-            fflush(stderr);
-            _exit(body(r, world));
-        }
-    }
-    int failed = 0;
-    for (int r = 0; r < world; r++) {
-        int st;
-        waitpid(pid[r], &st, 0);
-        failed += !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-    }
-    return failed;
 }
 
 /* 3 ranks: a float sum over 5M elements (several 4 MB pieces), a double
  * sum, a broadcast and a barrier, all exact. */
-static int sums(int rank, int world) {
+static int sums(int rank, int world, const void *arg) {
+    (void)arg;
     cm_dist *d;
     cmamba_error err;
     if (cm_dist_init(&d, &err)) return fprintf(stderr, "rank %d: %s\n", rank, err.msg), 1;
@@ -70,8 +48,8 @@ static int sums(int rank, int world) {
 }
 
 /* rank 1 broadcasts while rank 0 sums: rank 0 must say so. */
-static int mismatch(int rank, int world) {
-    (void)world;
+static int mismatch(int rank, int world, const void *arg) {
+    (void)world, (void)arg;
     cm_dist *d;
     cmamba_error err;
     if (cm_dist_init(&d, &err)) return 1;
@@ -85,8 +63,8 @@ static int mismatch(int rank, int world) {
 }
 
 /* A group of 2 of which only rank 0 starts. */
-static int alone(int rank, int world) {
-    (void)rank, (void)world;
+static int alone(int rank, int world, const void *arg) {
+    (void)rank, (void)world, (void)arg;
     cm_dist *d;
     cmamba_error err;
     setenv("WORLD_SIZE", "2", 1);
@@ -96,10 +74,10 @@ static int alone(int rank, int world) {
 }
 
 int main(void) {
-    base_port = 20000 + (int)(getpid() % 20000);
-    CHECK_MSG(run_group(3, base_port, sums) == 0, "3 ranks: sums, broadcast, barrier");
-    CHECK_MSG(run_group(2, base_port + 1, mismatch) == 0, "mismatched calls are reported");
-    CHECK_MSG(run_group(1, base_port + 2, alone) == 0, "a missing rank times out with a message");
+    const int base_port = 20000 + (int)(getpid() % 20000);
+    CHECK_MSG(run_group(3, base_port, sums, NULL) == 0, "3 ranks: sums, broadcast, barrier");
+    CHECK_MSG(run_group(2, base_port + 1, mismatch, NULL) == 0, "mismatched calls are reported");
+    CHECK_MSG(run_group(1, base_port + 2, alone, NULL) == 0, "a missing rank times out with a message");
 
     cmamba_error err;
     cm_dist *d;
