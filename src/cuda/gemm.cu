@@ -75,7 +75,7 @@ cublasStatus_t tuned_linear(const TunedLinear &t, const Blas &b, void *out, cons
 
 cublasStatus_t tuned_linear_init(TunedLinear &t, const Blas &b, void *out, bool c32, bool accumulate,
                                  const void *in, const void *W, int rows, int n_in, int n_out) {
-    enum { CANDIDATES = 8, REPS = 10 };
+    enum { CANDIDATES = 32, REPS = 10 };
     tuned_linear_free(t);
     t.accumulate = accumulate, t.c32 = c32, t.rows = rows, t.n_in = n_in, t.n_out = n_out;
     /* as linear_rows: out (n_out × rows) = Wᵀ (W stored n_in × n_out) · in (n_in × rows) */

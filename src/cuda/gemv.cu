@@ -3,7 +3,8 @@
  * loads), each lane a strided share of the row. At one sequence cuBLAS runs these
  * shapes with 12-48 thread blocks, far from filling the memory system;
  * here every output feature is a warp, UNROLL 16-byte weight loads a lane
- * are in flight before the first multiply, and the inputs (a few rows,
+ * are in flight before the first multiply (the first UNROLL issued while
+ * the previous kernel still runs, pdl.cuh), and the inputs (a few rows,
  * read by every warp) come from L1. */
 #include <type_traits>
 
@@ -54,10 +55,21 @@ struct GemvArgs {
     bool out_f32, accumulate;
 };
 
+/* the UNROLL chunks v0, v0 + step, … of a weight row that lie before nv */
+template <typename Raw>
+__device__ __forceinline__ void load_round(const Raw *w, int v0, int step, int nv, Raw (&wr)[UNROLL]) {
+#pragma unroll
+    for (int u = 0; u < UNROLL; u++)
+        if (v0 + u * step < nv) wr[u] = load_stream(w + v0 + u * step);
+}
+
 /* rows [r0, r0 + MAXR) ∩ [0, rows) of output feature j, in lane r − r0:
- * the share of the chunks part, part + ws, … of W's row */
+ * the share of the chunks part, part + ws, … of W's row. wr holds the
+ * share's first round of chunks on entry (loaded by the caller, before it
+ * waited on its predecessor), and is overwritten. */
 template <typename T, int MAXR, bool VEC>
-__device__ __forceinline__ float gemv_pass(const GemvArgs &g, int j, int r0, int part, int lane) {
+__device__ __forceinline__ float gemv_pass(const GemvArgs &g, int j, int r0, int part, int lane,
+                                           typename Chunk<T, VEC>::Raw (&wr)[UNROLL]) {
     using C = Chunk<T, VEC>;
     constexpr int E = C::E;
     const int nv = g.n_in / E, live = min(MAXR, g.rows - r0);
@@ -66,10 +78,7 @@ __device__ __forceinline__ float gemv_pass(const GemvArgs &g, int j, int r0, int
     float acc[MAXR] = {};
     const int step = 32 * g.ws;
     for (int v0 = part * 32 + lane; v0 < nv; v0 += step * UNROLL) {
-        typename C::Raw wr[UNROLL];
-#pragma unroll
-        for (int u = 0; u < UNROLL; u++)
-            if (v0 + u * step < nv) wr[u] = load_stream(w + v0 + u * step);
+        if (v0 != part * 32 + lane) load_round(w, v0, step, nv, wr);
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
             const int v = v0 + u * step;
@@ -99,22 +108,30 @@ __device__ __forceinline__ float gemv_pass(const GemvArgs &g, int j, int r0, int
 
 template <typename T, int MAXR, bool VEC>
 __global__ void __launch_bounds__(GEMV_BLOCK) gemv_kernel(const GemvArgs g) {
+    using C = Chunk<T, VEC>;
     __shared__ float parts[GEMV_WARPS][MAXR]; /* the ws partial sums of a feature */
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = warp % g.ws;
     const int j = blockIdx.x * (GEMV_WARPS / g.ws) + warp / g.ws;
     const bool live = j < g.n_out;
     pdl_launch_dependents();
-    /* the weight row does not depend on the previous kernel: fetch this
-     * warp's part into L2 while that kernel finishes */
+    /* the weight row does not depend on the previous kernel: load this
+     * warp's first round of it while that kernel finishes, and ask L2 for
+     * the rest */
+    const T *row = (const T *)g.W + (size_t)j * g.n_in;
+    typename C::Raw wr[UNROLL];
     if (live) {
-        const char *w = (const char *)((const T *)g.W + (size_t)j * g.n_in);
+        load_round((const typename C::Raw *)row, part * 32 + lane, 32 * g.ws, g.n_in / C::E, wr);
+        const char *w = (const char *)row;
         const size_t bytes = (size_t)g.n_in * sizeof(T);
-        for (size_t o = (size_t)(part * 32 + lane) * 128; o < bytes; o += (size_t)g.ws * 32 * 128)
+        for (size_t o = (size_t)g.ws * 32 * UNROLL * 16 + (size_t)(part * 32 + lane) * 128; o < bytes;
+             o += (size_t)g.ws * 32 * 128)
             asm volatile("prefetch.global.L2 [%0];" ::"l"(w + o));
     }
     pdl_wait();
     for (int r0 = 0; r0 < g.rows; r0 += MAXR) {
-        float v = live ? gemv_pass<T, MAXR, VEC>(g, j, r0, part, lane) : 0.f;
+        if (live && r0) /* a further pass over the inputs reads the row again */
+            load_round((const typename C::Raw *)row, part * 32 + lane, 32 * g.ws, g.n_in / C::E, wr);
+        float v = live ? gemv_pass<T, MAXR, VEC>(g, j, r0, part, lane, wr) : 0.f;
         if (g.ws > 1) { /* uniform across the block: every thread reaches both barriers */
             if (lane < MAXR) parts[warp][lane] = v;
             __syncthreads();
