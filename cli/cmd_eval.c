@@ -11,6 +11,7 @@
 #include "args.h"
 #include "cmamba.h"
 #include "commands.h"
+#include "engine.h"
 #include "train/data.h"
 #include "train/tasks.h"
 
@@ -32,6 +33,9 @@ static const char *usage =
     "  --seq-len T        tokens per validation window (default 256)\n"
     "  --windows N        windows to score (default: all)\n"
     "  --chunk C          tokens per forward call (default 4096)\n"
+    "  --device D         cpu (default) or cuda (GPU inference, its states carried\n"
+    "                     from chunk to chunk as on the CPU)\n"
+    "  --dtype T          " CLI_DTYPE_HELP("                     ")
     "  --threads N\n";
 
 static int argmax(const float *v, int n) {
@@ -49,8 +53,7 @@ static double nll(const float *logits, int V, int target) {
 }
 
 typedef struct {
-    const cmamba_model *m;
-    cmamba_state *st;
+    cli_engine *e; /* one slot: the sequence being scored */
     int chunk, V;
     int32_t *in, *tg;
     float *logits;
@@ -66,11 +69,14 @@ static int eval_task(runner *r, const cm_task *t, long examples, uint64_t seed, 
     const double t0 = cli_now_s();
     for (long e = 0; e < examples; e++) {
         cm_task_stream_init(s, t, &rng);
-        cmamba_state_reset(r->st);
+        if (cli_engine_reset(r->e, 0, err)) {
+            free(s);
+            return -1;
+        }
         for (long done = 0; done < L;) {
             const int n = L - done < r->chunk ? (int)(L - done) : r->chunk;
             cm_task_stream_next(s, n, r->in, r->tg);
-            if (cmamba_forward(r->m, r->st, r->in, (size_t)n, r->logits, 1, err)) {
+            if (cli_engine_forward(r->e, 0, r->in, (size_t)n, r->logits, 1, err)) {
                 free(s);
                 return -1;
             }
@@ -106,10 +112,13 @@ static int eval_text(runner *r, const cm_text_data *d, int T, long windows, cmam
     long n = 0;
     for (long w = 0; w < windows; w++) {
         cm_text_val_window(d, (size_t)w, T, ids);
-        cmamba_state_reset(r->st);
+        if (cli_engine_reset(r->e, 0, err)) {
+            free(ids);
+            return -1;
+        }
         for (int done = 0; done < T;) {
             const int k = T - done < r->chunk ? T - done : r->chunk;
-            if (cmamba_forward(r->m, r->st, ids + done, (size_t)k, r->logits, 1, err)) {
+            if (cli_engine_forward(r->e, 0, ids + done, (size_t)k, r->logits, 1, err)) {
                 free(ids);
                 return -1;
             }
@@ -127,7 +136,8 @@ static int eval_text(runner *r, const cm_text_data *d, int T, long windows, cmam
 int cmd_eval(int argc, char **argv) {
     const char *model_dir = NULL, *data = NULL, *tok_path = NULL;
     cm_task task = {CM_TASK_SELECTIVE_COPYING, 256, 16, 0};
-    int have_task = 0;
+    int have_task = 0, cuda = 0;
+    cmamba_dtype dtype = CMAMBA_DTYPE_AUTO;
     long v, examples = 100, seq_len = 256, windows = 0, chunk = 4096, threads = 0;
     double val_fraction = 0.1;
     uint64_t seed = 7;
@@ -146,6 +156,8 @@ int cmd_eval(int argc, char **argv) {
             have_task = 1;
         }
         else if (arg_is(a, "--seed")) { VALUE(); if (arg_u64("eval", "--seed", val, &seed)) return 2; }
+        else if (arg_is(a, "--device")) { VALUE(); cuda = cli_device_arg("eval", val); }
+        else if (arg_is(a, "--dtype")) { VALUE(); dtype = cli_dtype_arg("eval", val); }
         else if (arg_is(a, "--val-fraction")) {
             VALUE();
             if (arg_float("eval", "--val-fraction", val, 1e-6, 0.9, &val_fraction)) return 2;
@@ -172,8 +184,7 @@ int cmd_eval(int argc, char **argv) {
     cm_text_data text = {0};
     runner r = {0};
     int rc = 1;
-    if (cmamba_model_load(model_dir, &m, &err)) goto fail;
-    r.m = m;
+    if (cli_model_load(model_dir, cuda, dtype, &m, &err)) goto fail;
     r.V = cmamba_model_config(m)->vocab_size;
     r.chunk = (int)chunk;
     if (have_task) {
@@ -199,7 +210,7 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "cmamba eval: out of memory\n");
         goto done;
     }
-    if (cmamba_state_new(m, &r.st, &err)) goto fail;
+    if (cli_engine_new(m, cuda, dtype, 1, &r.e, &err)) goto fail;
     if (have_task ? eval_task(&r, &task, examples, seed, &err)
                   : eval_text(&r, &text, (int)seq_len, windows, &err))
         goto fail;
@@ -208,7 +219,7 @@ int cmd_eval(int argc, char **argv) {
 fail:
     fprintf(stderr, "cmamba eval: %s\n", err.msg);
 done:
-    cmamba_state_free(r.st);
+    cli_engine_free(r.e);
     free(r.in);
     free(r.logits);
     cm_text_free(&text);

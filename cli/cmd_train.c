@@ -13,6 +13,7 @@
 #include "commands.h"
 #include "common.h"
 #include "dist/dist.h"
+#include "engine.h"
 #include "train/trainer.h"
 
 static const char *usage =
@@ -49,6 +50,11 @@ static const char *usage =
     "  --eval-every N     validation every N steps (default steps/10)\n"
     "  --eval-batches N   batches of held-out data per validation (default 8)\n"
     "  --save-every N     checkpoint every N steps (default steps/4)\n"
+    "  --device D         cpu (default) or cuda: every step and validation on the GPU\n"
+    "                     (S6 models; checkpoints as on the CPU, resumable on either)\n"
+    "  --dtype T          with --device cuda: f32 (default) or bf16, mixed precision:\n"
+    "                     bf16 products and activations, fp32 master weights, states,\n"
+    "                     sums and gradients\n"
     "  --threads N        OpenMP threads (default: all cores)\n"
     "  --log-every N      progress line every N steps when stderr is not a terminal\n"
     "  --quiet            no progress on stderr\n"
@@ -91,7 +97,8 @@ int cmd_train(int argc, char **argv) {
     const char *resume = NULL, *out = NULL;
     long v, threads = 0, log_every = 0, warmup = -1, eval_every = -1, save_every = -1;
     double f, min_lr = -1;
-    int quiet = 0, plot_only = 0;
+    int quiet = 0, plot_only = 0, cuda = 0;
+    cmamba_dtype dtype = CMAMBA_DTYPE_F32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val;
 #define VALUE() if (!(val = arg_value("train", argc, argv, &i))) return 2
@@ -121,6 +128,13 @@ int cmd_train(int argc, char **argv) {
             else if (strcmp(val, "s6")) die_usage("train", "--ssm: expected s6 or s4d, got '%s'", val);
         }
         else if (!strcmp(a, "--quiet")) quiet = 1;
+        else if (arg_is(a, "--device")) { VALUE(); cuda = cli_device_arg("train", val); }
+        else if (arg_is(a, "--dtype")) {
+            VALUE();
+            dtype = cli_dtype_arg("train", val);
+            if (dtype != CMAMBA_DTYPE_F32 && dtype != CMAMBA_DTYPE_BF16)
+                die_usage("train", "--dtype: trains in f32 or bf16 (mixed precision), not %s", val);
+        }
         else if (!strcmp(a, "--plot-only")) plot_only = 1;
         INT_OPT("--task-len", 4, 1 << 24, o.task.seq_len)
         INT_OPT("--task-tokens", 1, 1 << 20, o.task.n_tokens)
@@ -153,6 +167,8 @@ int cmd_train(int argc, char **argv) {
     }
     if (threads) cmamba_set_threads((int)threads);
     if (!o.use_task && !o.data_path[0]) die_usage("train", "--tokenizer needs --data");
+    if (dtype == CMAMBA_DTYPE_BF16 && !cuda)
+        die_usage("train", "--dtype bf16 trains on the GPU only (--device cuda)");
     o.opt.min_lr = min_lr >= 0 ? (float)min_lr : o.opt.lr / 10;
     o.opt.warmup_steps = warmup >= 0 ? warmup : o.steps / 20;
     o.eval_every = eval_every >= 0 ? eval_every : (o.steps >= 10 ? o.steps / 10 : 1);
@@ -173,7 +189,8 @@ int cmd_train(int argc, char **argv) {
     if (rank > 0) quiet = 1; /* rank 0 speaks for the group */
     cm_trainer *t;
     if ((resume ? cm_trainer_resume(resume, &t, &err) : cm_trainer_new(&o, &t, &err)) ||
-        (world > 1 && cm_trainer_set_dist(t, dist, &err))) {
+        (world > 1 && cm_trainer_set_dist(t, dist, &err)) ||
+        (cuda && cm_trainer_set_cuda(t, cli_cuda_backend(&err), dtype == CMAMBA_DTYPE_BF16, &err))) {
         fprintf(stderr, "cmamba train: rank %d: %s\n", rank, err.msg);
         cm_trainer_free(t);
         cm_dist_free(dist);
@@ -192,8 +209,11 @@ int cmd_train(int argc, char **argv) {
         else
             fprintf(stderr, "%s | ", to->data_path);
         if (world > 1) fprintf(stderr, "%d processes x ", world);
-        fprintf(stderr, "batch %d x %d, %ld steps%s | %d threads | out: %s\n", to->batch,
-                to->accum, to->steps, resume ? " (resumed)" : "", omp_get_max_threads(),
+        fprintf(stderr, "batch %d x %d, %ld steps%s | ", to->batch, to->accum, to->steps,
+                resume ? " (resumed)" : "");
+        if (cuda) fprintf(stderr, "%s", cm_trainer_device(t));
+        else fprintf(stderr, "%d threads", omp_get_max_threads());
+        fprintf(stderr, " | out: %s\n",
                 to->out_dir);
         if (resume) fprintf(stderr, "resuming after step %ld\n", cm_trainer_step(t));
     }

@@ -47,6 +47,8 @@ static const cm_cuda_backend *open_backend(cmamba_error *err) {
     return table;
 }
 
+const cm_cuda_backend *cli_cuda_backend(cmamba_error *err) { return open_backend(err); }
+
 int cli_device_arg(const char *cmd, const char *val) {
     if (!strcmp(val, "cpu")) return 0;
     if (strcmp(val, "cuda")) die_usage(cmd, "--device: expected cpu or cuda, got '%s'", val);

@@ -9,12 +9,16 @@
 #include <stdint.h>
 
 #include "cmamba.h"
+#include "cuda/backend.h"
 
 typedef struct cli_engine cli_engine;
 
 /* --device VALUE: 0 for cpu, 1 for cuda; exits 2 with one line for any
  * other value, and for cuda in a build without the CUDA backend. */
 int cli_device_arg(const char *cmd, const char *val);
+/* The CUDA plug-in's table (opened on first use; train and grad call its
+ * training functions directly); NULL with the reason in err. */
+const cm_cuda_backend *cli_cuda_backend(cmamba_error *err);
 /* --dtype VALUE: f32, bf16, q8 or q4 (docs/formats.md); exits 2 for any
  * other value. */
 cmamba_dtype cli_dtype_arg(const char *cmd, const char *val);

@@ -16,4 +16,12 @@ __attribute__((visibility("default"))) const cm_cuda_backend cm_cuda_backend_v1 
     .forward = cm_cuda_forward,
     .step_batch = cm_cuda_step_batch,
     .copy_bandwidth = cm_cuda_copy_bandwidth,
+    .train_new = cm_cuda_train_new,
+    .train_free = cm_cuda_train_free,
+    .train_describe = cm_cuda_train_describe,
+    .train_copy = cm_cuda_train_copy,
+    .train_zero_grad = cm_cuda_train_zero_grad,
+    .train_set_hook = cm_cuda_train_set_hook,
+    .train_run = cm_cuda_train_run,
+    .train_adamw = cm_cuda_train_adamw,
 };

@@ -1,5 +1,6 @@
 /* The CUDA backend as a plug-in: libcmamba-cuda.so, next to the cmamba
- * binary, exports one table of the functions of cuda/model_cuda.h. The CLI
+ * binary, exports one table of the functions of cuda/model_cuda.h and
+ * cuda/train_cuda.h. The CLI
  * opens it (dlopen) only for --device cuda, so that a CUDA build runs on a
  * machine without the CUDA libraries, and a CPU run neither loads cuBLAS
  * nor pays its ~150 MiB of resident memory. */
@@ -7,6 +8,7 @@
 #define CM_CUDA_BACKEND_H
 
 #include "cuda/model_cuda.h"
+#include "cuda/train_cuda.h"
 
 #define CM_CUDA_BACKEND_FILE "libcmamba-cuda.so"
 #define CM_CUDA_BACKEND_SYMBOL "cm_cuda_backend_v1"
@@ -28,6 +30,19 @@ typedef struct {
     int (*step_batch)(cm_cuda_model *m, cm_cuda_state *s, const int32_t *ids, int n,
                       float *logits, int32_t *argmax, cmamba_error *err);
     int (*copy_bandwidth)(size_t bytes, double *bytes_per_s, cmamba_error *err);
+    /* training (cuda/train_cuda.h) */
+    int (*train_new)(const cmamba_config *cfg, const float *params, int bf16, cm_cuda_train **out,
+                     cmamba_error *err);
+    void (*train_free)(cm_cuda_train *m);
+    const char *(*train_describe)(const cm_cuda_train *m);
+    int (*train_copy)(cm_cuda_train *m, cm_cuda_buffer which, int to_device, float *host,
+                      cmamba_error *err);
+    int (*train_zero_grad)(cm_cuda_train *m, cmamba_error *err);
+    void (*train_set_hook)(cm_cuda_train *m, cm_cuda_grads_ready hook, void *ctx);
+    int (*train_run)(cm_cuda_train *m, const int32_t *inputs, const int32_t *targets, int B, int T,
+                     float grad_weight, cm_train_stats *st, cmamba_error *err);
+    int (*train_adamw)(cm_cuda_train *m, const cm_adamw_params *p, long step, float *grad_norm,
+                       cmamba_error *err);
 } cm_cuda_backend;
 
 #endif

@@ -36,6 +36,8 @@ struct cm_trainer {
     int32_t *inputs, *targets; /* (world · batch, T): the group's whole batch */
     cm_dist *dist;             /* data-parallel group; NULL: this process alone */
     int world, rank;
+    const cm_cuda_backend *cuda; /* the GPU's functions when it trains (NULL: the CPU) */
+    cm_cuda_train *gpu;          /* the model there; m, opt then mirror it at checkpoints */
     series loss, val_step, val_loss, val_acc;
 };
 
@@ -341,6 +343,7 @@ done:
 
 void cm_trainer_free(cm_trainer *t) {
     if (!t) return;
+    if (t->gpu) t->cuda->train_free(t->gpu);
     cm_train_model_free(t->m);
     cm_adamw_free(&t->opt);
     if (!t->o.use_task) cm_text_free(&t->text);
@@ -397,6 +400,35 @@ static int fill_batch(cm_trainer *t, uint64_t *rng, size_t val_index, cmamba_err
     return 0;
 }
 
+/* cm_train_run on the trainer's device, over B sequences of the batch length */
+static int run_batch(cm_trainer *t, const int32_t *inputs, const int32_t *targets, int B,
+                     float grad_weight, cm_train_stats *st, cmamba_error *err) {
+    if (t->gpu) return t->cuda->train_run(t->gpu, inputs, targets, B, t->T, grad_weight, st, err);
+    return cm_train_run(t->m, inputs, targets, B, t->T, grad_weight, st, err);
+}
+
+/* The host's parameters and moments := the GPU's (before they are saved). */
+static int fetch_state(cm_trainer *t, cmamba_error *err) {
+    if (!t->gpu) return 0;
+    return t->cuda->train_copy(t->gpu, CM_CUDA_PARAMS, 0, t->m->params, err) ||
+                   t->cuda->train_copy(t->gpu, CM_CUDA_ADAM_M, 0, t->opt.m, err) ||
+                   t->cuda->train_copy(t->gpu, CM_CUDA_ADAM_V, 0, t->opt.v, err)
+               ? -1 : 0;
+}
+
+int cm_trainer_set_cuda(cm_trainer *t, const cm_cuda_backend *cuda, int bf16, cmamba_error *err) {
+    t->cuda = cuda;
+    if (cuda->train_new(&t->m->cfg, t->m->params, bf16, &t->gpu, err)) return -1;
+    /* a resumed run's moments */
+    return cuda->train_copy(t->gpu, CM_CUDA_ADAM_M, 1, t->opt.m, err) ||
+                   cuda->train_copy(t->gpu, CM_CUDA_ADAM_V, 1, t->opt.v, err)
+               ? -1 : 0;
+}
+
+const char *cm_trainer_device(const cm_trainer *t) {
+    return t->gpu ? t->cuda->train_describe(t->gpu) : "cpu";
+}
+
 int cm_trainer_validate(cm_trainer *t, int batches, double *loss, double *accuracy,
                         cmamba_error *err) {
     double sum = 0;
@@ -404,7 +436,7 @@ int cm_trainer_validate(cm_trainer *t, int batches, double *loss, double *accura
     for (int i = 0; i < batches; i++) {
         cm_train_stats st;
         if (fill_batch(t, NULL, (size_t)i, err) ||
-            cm_train_run(t->m, t->inputs, t->targets, t->world * t->o.batch, t->T, 0.0f, &st, err))
+            run_batch(t, t->inputs, t->targets, t->world * t->o.batch, 0.0f, &st, err))
             return -1;
         sum += st.loss_sum;
         scored += st.scored;
@@ -422,6 +454,7 @@ static double now_s(void) {
 }
 
 static int save(cm_trainer *t, cmamba_error *err) {
+    if (fetch_state(t, err)) return -1;
     char *json = trainer_json(t);
     if (!json) return cm_fail(err, "out of memory");
     int rc = cm_ckpt_save(t->o.out_dir, t->opt.step, t->m, &t->opt, json, err);
@@ -476,7 +509,7 @@ static int micro_step(cm_trainer *t, double stats[3], cmamba_error *err) {
     const long own = count_scored(t->targets + mine, rows);
     const float weight = all ? (float)((double)own / all / o->accum) : 1.0f / o->accum;
     cm_train_stats st;
-    if (cm_train_run(t->m, t->inputs + mine, t->targets + mine, o->batch, t->T, weight, &st, err))
+    if (run_batch(t, t->inputs + mine, t->targets + mine, o->batch, weight, &st, err))
         return -1;
     stats[0] = st.loss_sum, stats[1] = (double)st.scored, stats[2] = (double)st.correct;
     return t->dist ? cm_dist_allreduce_sum(t->dist, stats, 3, CM_DIST_F64, err) : 0;
@@ -487,7 +520,8 @@ int cm_trainer_run(cm_trainer *t, cm_trainer_report report, void *ctx, cmamba_er
     const double t0 = now_s();
     const long first = t->opt.step;
     for (long step = first; step < o->steps; step++) {
-        cm_train_zero_grad(t->m);
+        if (t->gpu ? t->cuda->train_zero_grad(t->gpu, err) : (cm_train_zero_grad(t->m), 0))
+            return -1;
         double loss = 0;
         long scored = 0, correct = 0;
         for (int a = 0; a < o->accum; a++) {
@@ -497,12 +531,21 @@ int cm_trainer_run(cm_trainer *t, cm_trainer_report report, void *ctx, cmamba_er
             scored += (long)stats[1];
             correct += (long)stats[2];
         }
+        /* on the GPU through host memory, until the NCCL path hooks into the
+         * backward (cuda/train_cuda.h) */
         if (t->world > 1 &&
-            cm_dist_allreduce_sum(t->dist, t->m->grads, t->m->n_params, CM_DIST_F32, err))
+            ((t->gpu && t->cuda->train_copy(t->gpu, CM_CUDA_GRADS, 0, t->m->grads, err)) ||
+             cm_dist_allreduce_sum(t->dist, t->m->grads, t->m->n_params, CM_DIST_F32, err) ||
+             (t->gpu && t->cuda->train_copy(t->gpu, CM_CUDA_GRADS, 1, t->m->grads, err))))
             return -1;
         cm_trainer_progress p = {.step = step + 1, .steps = o->steps, .loss = (float)loss,
                                  .lr = cm_lr_at(&o->opt, step)};
-        p.grad_norm = cm_adamw_step(&t->opt, t->m->params, t->m->grads);
+        if (t->gpu) {
+            if (t->cuda->train_adamw(t->gpu, &t->opt.p, t->opt.step, &p.grad_norm, err)) return -1;
+            t->opt.step++;
+        } else {
+            p.grad_norm = cm_adamw_step(&t->opt, t->m->params, t->m->grads);
+        }
         if (!isfinite(p.loss)) return cm_fail(err, "train: loss is %g at step %ld", p.loss, step + 1);
         if (series_push(&t->loss, p.loss, err)) return -1;
         p.accuracy = o->use_task && scored ? (double)correct / scored : -1;
@@ -525,7 +568,7 @@ int cm_trainer_run(cm_trainer *t, cm_trainer_report report, void *ctx, cmamba_er
         if (report && t->rank == 0) report(ctx, &p);
     }
     if (t->rank != 0) return 0;
-    if (cm_model_save(o->out_dir, t->m, err)) return -1;
+    if (fetch_state(t, err) || cm_model_save(o->out_dir, t->m, err)) return -1;
     return o->tokenizer_path[0] ? copy_tokenizer(o, err) : 0;
 }
 

@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 
+#include "cuda/backend.h"
 #include "train/optimizer.h"
 #include "dist/dist.h"
 #include "train/tasks.h"
@@ -62,6 +63,15 @@ long cm_trainer_step(const cm_trainer *t);
  * group of N gives the losses of one process with N times the batch (to
  * fp32 summation order). Rank 0 alone reports, validates and saves. */
 int cm_trainer_set_dist(cm_trainer *t, cm_dist *d, cmamba_error *err);
+
+/* Moves training to the GPU through the CUDA plug-in's table (cli/engine.h
+ * opens it), in fp32 or mixed bf16 (cuda/train_cuda.h): parameters and
+ * AdamW moments go to the device, which runs every step and validation
+ * from then on; checkpoints and the final model copy them back, so they
+ * are the files a CPU run writes, and either device resumes them. */
+int cm_trainer_set_cuda(cm_trainer *t, const cm_cuda_backend *cuda, int bf16, cmamba_error *err);
+/* "cpu", or the GPU and precision */
+const char *cm_trainer_device(const cm_trainer *t);
 
 /* Trains up to the options' step count, reporting every step; saves
  * checkpoints every save_every steps and at the end, and writes the final
