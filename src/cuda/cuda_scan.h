@@ -20,9 +20,8 @@
  * (L, D, N) states never reach memory. The forward may save the state every
  * CM_CUDA_SCAN_CKPT steps (x, 4 bytes per (step, channel) at N = 16); the
  * backward needs x and recomputes the states between checkpoints. The
- * forward takes a temporary fp32 copy of B and C (batch·L·2N floats) from
- * the stream's memory pool (cudaMallocAsync); the backward takes it from
- * its workspace.
+ * forward reads B and C as they are; the backward makes an fp32 copy of
+ * them (batch·L·2N floats) in its workspace.
  */
 #ifndef CM_CUDA_SCAN_H
 #define CM_CUDA_SCAN_H

@@ -42,7 +42,44 @@ namespace {
 constexpr int BWD_BLOCK = 256;
 constexpr int TB = CKPT;   /* steps per tile: a tile starts at a saved state */
 constexpr int HB = TB / 2; /* steps per round of reductions */
-constexpr int TQ = TB + 4; /* pitch of (channel, step) rows: float4 access without bank conflicts */
+
+/* B and C, shared by every channel, in the layout the scan threads read:
+ * fp32, (batch, Lp, S, 2G), per step and group the group's G B's then its
+ * G C's, zero past N and past L (Lp: L rounded up to BC_TILE). Made once per
+ * call into the workspace, so that no block converts or transposes B and C
+ * itself: a tile of it is one contiguous run that cp.async copies as is. */
+constexpr int BC_TILE = 32;
+inline int bc_len(int L) { return (L + BC_TILE - 1) / BC_TILE * BC_TILE; }
+inline size_t bc_floats(int batch, int L, const Geometry &geo) {
+    return (size_t)batch * bc_len(L) * 2 * geo.S * geo.G;
+}
+template <typename T>
+__global__ void interleave_bc(float *dst, const T *B, const T *C, int L, int Lp, int N, int S,
+                              int G, long count) {
+    const long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= count) return;
+    const int NP = S * G, t = (int)(i % Lp), n = (int)(i / Lp % NP);
+    const long b = i / ((long)Lp * NP);
+    const bool ok = n < N && t < L;
+    const size_t src = ((size_t)b * N + n) * L + t;
+    float *d = dst + ((size_t)b * Lp + t) * 2 * NP + (n / G) * 2 * G + n % G;
+    d[0] = ok ? to_f(B[src]) : 0.f;
+    d[G] = ok ? to_f(C[src]) : 0.f;
+}
+inline cudaError_t make_bc(float *dst, const cm_cuda_scan_params *p, const Geometry &geo,
+                           cudaStream_t stream) {
+    const int Lp = bc_len(p->L);
+    const long count = (long)p->batch * geo.S * geo.G * Lp;
+    const unsigned blocks = (unsigned)((count + 255) / 256);
+    if (p->dtype == CM_CUDA_BF16)
+        interleave_bc<<<blocks, 256, 0, stream>>>(dst, (const __nv_bfloat16 *)p->B,
+                                                  (const __nv_bfloat16 *)p->C, p->L, Lp, p->N,
+                                                  geo.S, geo.G, count);
+    else
+        interleave_bc<<<blocks, 256, 0, stream>>>(dst, (const float *)p->B, (const float *)p->C,
+                                                  p->L, Lp, p->N, geo.S, geo.G, count);
+    return cudaGetLastError();
+}
 
 struct BwdArgs {
     const void *u, *delta, *z, *dout;
@@ -55,20 +92,11 @@ struct BwdArgs {
     int L, Lp, D, N, S, CB, n_ck, softplus, vec, nseg, tps;
 };
 
-template <int K> __device__ __forceinline__ void sts(float *p, const float (&v)[K]) {
-    if constexpr (K == 2) {
-        *reinterpret_cast<float2 *>(p) = make_float2(v[0], v[1]);
-    } else {
-#pragma unroll
-        for (int i = 0; i < K; i += 4) sts4(p + i, v[i], v[i + 1], v[i + 2], v[i + 3]);
-    }
-}
-
 __host__ __device__ constexpr int bwd_cb(int S) { return BWD_BLOCK / S < 32 ? BWD_BLOCK / S : 32; }
 
 /* shared memory: see the carve in the kernel */
 template <typename T> size_t bwd_smem(int S, int CB, int G) {
-    const size_t floats = 3 * CB * TQ + 2 * TB * 2 * S * G + S * CB * TQ + 2 * S * CB * TB +
+    const size_t floats = 5 * CB * TB + 2 * TB * 2 * S * G + 3 * S * CB * TB +
                           HB * S * (2 * G * CB + 4) + ((4 * CB + 3) & ~3);
     return floats * sizeof(float) + 2 * 4 * (size_t)CB * TB * sizeof(T);
 }
@@ -92,13 +120,17 @@ __global__ void __launch_bounds__(BWD_BLOCK, 2) scan_bwd_kernel(const BwdArgs p)
     const int k_first = seg * p.tps, k_last = min((L + TB - 1) / TB, k_first + p.tps) - 1;
 
     extern __shared__ float4 smem4[];
-    float *sDelta = reinterpret_cast<float *>(smem4); /* [CB][TQ] Δ                  */
-    float *sDu = sDelta + CB * TQ;                    /* [CB][TQ] Δ·u                */
-    float *sDs = sDu + CB * TQ;                       /* [CB][TQ] ds = dout·silu(z)  */
-    float *sBC = sDs + CB * TQ;                       /* [2][TB][S2G] B, C of the tile */
-    float *sS = sBC + 2 * TB * S2G;                   /* [S][CB][TQ] Σ_group h·C     */
-    float *sP1 = sS + S * CB * TQ;                    /* [S][CB][TB] swizzled: Σ_group dh·B */
-    float *sP2 = sP1 + S * CB * TB;                   /* [S][CB][TB] swizzled: Σ_group A·log2e·dh·a·h_{t−1} */
+    /* (channel, step) arrays [CB][TB] are swizzled (swz): float4 accesses by
+     * a warp's 32 channels at one step are free of bank conflicts */
+    float *sDelta = reinterpret_cast<float *>(smem4); /* [CB][TB] Δ                  */
+    float *sDu = sDelta + CB * TB;                    /* [CB][TB] Δ·u                */
+    float *sDs = sDu + CB * TB;                       /* [CB][TB] ds = dout·silu(z)  */
+    float *sXg = sDs + CB * TB;                       /* [CB][TB] ∂Δ/∂delta = softplus' */
+    float *sZg = sXg + CB * TB;                       /* [CB][TB] dout·silu'(z)      */
+    float *sBC = sZg + CB * TB;                       /* [2][TB][S2G] B, C of the tile */
+    float *sS = sBC + 2 * TB * S2G;                   /* [S][CB][TB] Σ_group h·C     */
+    float *sP1 = sS + S * CB * TB;                    /* [S][CB][TB] Σ_group dh·B    */
+    float *sP2 = sP1 + S * CB * TB;                   /* [S][CB][TB] Σ_group A·log2e·dh·a·h_{t−1} */
     float *sRed = sP2 + S * CB * TB;                  /* [HB][S][RS] per channel: G dB, G dC terms */
     float *sAcc = sRed + HB * S * RS;                 /* [CB][2] Σ_t ds·u, Σ_t ddelta */
     float *sBias = sAcc + 2 * CB, *sDk = sBias + CB;  /* [CB] each */
@@ -149,23 +181,33 @@ __global__ void __launch_bounds__(BWD_BLOCK, 2) scan_bwd_kernel(const BwdArgs p)
 
     /* P of item i (two steps of one channel) of the tile at t0 */
     auto prepare = [&](int i, int t0, const T *r) {
-        const int row = i / (TB / 2), j = i % (TB / 2) * 2, o = row * TB + j, oq = row * TQ + j;
+        const int row = i / (TB / 2), j = i % (TB / 2) * 2, o = row * TB + j, oq = swz<TB>(row, j);
         const float2 dl = ld2(r + o), dy = ld2(r + 3 * CB * TB + o);
-        float d0 = dl.x + sBias[row], d1 = dl.y + sBias[row];
-        if (p.softplus) d0 = softplus(d0), d1 = softplus(d1);
+        const float x0 = dl.x + sBias[row], x1 = dl.y + sBias[row];
+        float d0 = x0, d1 = x1, g0 = 1.f, g1 = 1.f; /* Δ, ∂Δ/∂x */
+        if (p.softplus) {
+            float e0, e1;
+            d0 = softplus(x0, e0), d1 = softplus(x1, e1);
+            if (!PRE) g0 = softplus_grad(x0, e0), g1 = softplus_grad(x1, e1);
+        }
         /* a = 1, no input: steps past L (and absent channels) are inert */
         if (row >= nvalid || t0 + j >= L) d0 = 0.f;
         if (row >= nvalid || t0 + j + 1 >= L) d1 = 0.f;
         float s0 = dy.x, s1 = dy.y;
         if (gZ) {
             const float2 z = ld2(r + 2 * CB * TB + o);
-            s0 *= z.x * sigmoid(z.x), s1 *= z.y * sigmoid(z.y);
+            const float z0 = sigmoid(z.x), z1 = sigmoid(z.y);
+            s0 *= z.x * z0, s1 *= z.y * z1;
+            /* dz = dout·silu'(z)·(y + D·u): all but the last factor */
+            if (!PRE)
+                st2(sZg + oq, dy.x * z0 * fmaf(z.x, 1.f - z0, 1.f), dy.y * z1 * fmaf(z.y, 1.f - z1, 1.f));
         }
         st2(sDelta + oq, d0, d1);
         st2(sDs + oq, s0, s1);
         if (!PRE) {
             const float2 u = ld2(r + CB * TB + o);
             st2(sDu + oq, d0 * u.x, d1 * u.y);
+            st2(sXg + oq, g0, g1);
         }
     };
 
@@ -202,8 +244,7 @@ __global__ void __launch_bounds__(BWD_BLOCK, 2) scan_bwd_kernel(const BwdArgs p)
     int buf = 0;
     for (int k = k_last; k >= k_first; k--, buf ^= 1) {
         const int t0 = k * TB;
-        const T *rawD = raw + buf * RAW, *rawU = rawD + CB * TB, *rawZ = rawU + CB * TB,
-                *rawO = rawZ + CB * TB;
+        const T *rawD = raw + buf * RAW, *rawU = rawD + CB * TB;
         const float *bcs = sBC + buf * TB * S2G + g * 2 * G;
 #pragma unroll
         for (int j = 0; j < G; j++) h0[j] = h0next[j];
@@ -224,7 +265,7 @@ __global__ void __launch_bounds__(BWD_BLOCK, 2) scan_bwd_kernel(const BwdArgs p)
             if (active) {
 #pragma unroll
                 for (int q = TB / 4 - 1; q >= 0; q--) {
-                    const float4 dl = lds4(sDelta + c * TQ + 4 * q), ds = lds4(sDs + c * TQ + 4 * q);
+                    const float4 dl = lds4(sDelta + swz<TB>(c, 4 * q)), ds = lds4(sDs + swz<TB>(c, 4 * q));
                     const float dv[4] = {dl.x, dl.y, dl.z, dl.w}, sv[4] = {ds.x, ds.y, ds.z, ds.w};
 #pragma unroll
                     for (int e = 3; e >= 0; e--) {
@@ -249,7 +290,7 @@ __global__ void __launch_bounds__(BWD_BLOCK, 2) scan_bwd_kernel(const BwdArgs p)
         if (active) {
 #pragma unroll
             for (int q = 0; q < TB / 4; q++) {
-                const float4 dl = lds4(sDelta + c * TQ + 4 * q), du = lds4(sDu + c * TQ + 4 * q);
+                const float4 dl = lds4(sDelta + swz<TB>(c, 4 * q)), du = lds4(sDu + swz<TB>(c, 4 * q));
                 const float dv[4] = {dl.x, dl.y, dl.z, dl.w}, wv[4] = {du.x, du.y, du.z, du.w};
                 float sp[4], bq[4][2 * G]; /* a group's B, C loaded ahead of its stores */
 #pragma unroll
@@ -266,7 +307,7 @@ __global__ void __launch_bounds__(BWD_BLOCK, 2) scan_bwd_kernel(const BwdArgs p)
                     }
                     sp[e] = acc;
                 }
-                sts4(sS + (g * CB + c) * TQ + 4 * q, sp[0], sp[1], sp[2], sp[3]);
+                sts4(sS + g * CB * TB + swz<TB>(c, 4 * q), sp[0], sp[1], sp[2], sp[3]);
             }
         }
 
@@ -276,8 +317,8 @@ __global__ void __launch_bounds__(BWD_BLOCK, 2) scan_bwd_kernel(const BwdArgs p)
 #pragma unroll
                 for (int qq = 1; qq >= 0; qq--) {
                     const int q = 2 * half + qq;
-                    const float4 dl = lds4(sDelta + c * TQ + 4 * q), du = lds4(sDu + c * TQ + 4 * q),
-                                 ds = lds4(sDs + c * TQ + 4 * q);
+                    const float4 dl = lds4(sDelta + swz<TB>(c, 4 * q)), du = lds4(sDu + swz<TB>(c, 4 * q)),
+                                 ds = lds4(sDs + swz<TB>(c, 4 * q));
                     const float dv[4] = {dl.x, dl.y, dl.z, dl.w}, wv[4] = {du.x, du.y, du.z, du.w},
                                 sv[4] = {ds.x, ds.y, ds.z, ds.w};
                     float p1v[4], p2v[4], bq[4][2 * G];
@@ -366,32 +407,28 @@ __global__ void __launch_bounds__(BWD_BLOCK, 2) scan_bwd_kernel(const BwdArgs p)
             const bool ok = i < CB * TB / 2 && r < nvalid;
             float acc_d = 0.f, acc_b = 0.f;
             if (ok && t < L) {
-                const float *q1 = sP1 + swz<TB>(r, j), *q2 = sP2 + swz<TB>(r, j), *q3 = sS + r * TQ + j;
+                const int oq = swz<TB>(r, j);
+                const float *q1 = sP1 + oq, *q2 = sP2 + oq, *q3 = sS + oq;
                 float2 s1 = ld2(q1), s2 = ld2(q2), s = ld2(q3);
 #pragma unroll 8
                 for (int gg = 1; gg < S; gg++) {
                     const float2 a1 = ld2(q1 + gg * CB * TB), a2 = ld2(q2 + gg * CB * TB),
-                                 a3 = ld2(q3 + gg * CB * TQ);
+                                 a3 = ld2(q3 + gg * CB * TB);
                     s1.x += a1.x, s1.y += a1.y, s2.x += a2.x, s2.y += a2.y, s.x += a3.x, s.y += a3.y;
                 }
                 const int o = r * TB + j;
-                const float2 u = ld2(rawU + o), dy = ld2(rawO + o), dl = ld2(rawD + o),
-                             dt = ld2(sDelta + r * TQ + j), ds = ld2(sDs + r * TQ + j);
+                const float2 u = ld2(rawU + o), dt = ld2(sDelta + oq), ds = ld2(sDs + oq),
+                             xg = ld2(sXg + oq), zg = gZ ? ld2(sZg + oq) : make_float2(0.f, 0.f);
                 const float Dv = sDk[r];
                 float du[2], dx[2], dz[2];
-                const float uv[2] = {u.x, u.y}, dyv[2] = {dy.x, dy.y}, xv[2] = {dl.x + sBias[r], dl.y + sBias[r]},
-                            dtv[2] = {dt.x, dt.y}, dsv[2] = {ds.x, ds.y}, s1v[2] = {s1.x, s1.y},
+                const float uv[2] = {u.x, u.y}, dtv[2] = {dt.x, dt.y}, dsv[2] = {ds.x, ds.y},
+                            xgv[2] = {xg.x, xg.y}, zgv[2] = {zg.x, zg.y}, s1v[2] = {s1.x, s1.y},
                             s2v[2] = {s2.x, s2.y}, sv[2] = {s.x, s.y};
-                float2 z = make_float2(0.f, 0.f);
-                if (gZ) z = ld2(rawZ + o);
-                const float zv[2] = {z.x, z.y};
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
-                    const float ddt = s2v[e] * LN2 + uv[e] * s1v[e]; /* ∂/∂Δ */
-                    dx[e] = p.softplus && xv[e] <= 20.f ? ddt * sigmoid(xv[e]) : ddt;
-                    du[e] = dsv[e] * Dv + dtv[e] * s1v[e];
-                    const float sz = sigmoid(zv[e]);
-                    dz[e] = dyv[e] * (sv[e] + Dv * uv[e]) * sz * (1.f + zv[e] * (1.f - sz));
+                    dx[e] = fmaf(s2v[e], LN2, uv[e] * s1v[e]) * xgv[e]; /* ∂/∂Δ through softplus */
+                    du[e] = fmaf(dsv[e], Dv, dtv[e] * s1v[e]);
+                    dz[e] = zgv[e] * fmaf(Dv, uv[e], sv[e]);
                 }
                 const size_t og = row0 + (size_t)r * L + t;
                 if (p.vec && t + 1 < L) {
@@ -474,8 +511,9 @@ struct Plan {
 
 /* G = 2 keeps CKPT·G = 32 registers of states per thread. Segments cost a
  * light extra pass over all but the first, so only when one block per
- * channel tile leaves SMs idle (fewer than two per SM): then about four
- * rounds of two blocks per SM. */
+ * channel tile leaves SMs idle (fewer than two per SM): then at least four
+ * rounds of two blocks per SM, and as many more segments (up to twice as
+ * many) as it takes to fill the last round to 95%. */
 Plan make_plan(const cm_cuda_scan_params *p) {
     Plan pl;
     const int G = p->states_per_thread ? p->states_per_thread : (p->N >= 2 ? 2 : 1);
@@ -484,7 +522,16 @@ Plan make_plan(const cm_cuda_scan_params *p) {
     const int ntiles = (p->L + TB - 1) / TB;
     const long blocks = (long)p->batch * ((p->D + pl.geo.CB - 1) / pl.geo.CB);
     const long sms = sm_count();
-    int nseg = p->n_segments ? p->n_segments : blocks >= 2 * sms ? 1 : (int)((8 * sms + blocks - 1) / blocks);
+    int nseg = p->n_segments;
+    if (!nseg && blocks >= 2 * sms) nseg = 1;
+    if (!nseg) {
+        const int n0 = (int)((8 * sms + blocks - 1) / blocks);
+        double best = 0.;
+        for (int n = n0; n <= 2 * n0 && best < 0.95; n++) {
+            const double rounds = (double)blocks * n / (2 * sms), fill = rounds / ceil(rounds);
+            if (fill > best) best = fill, nseg = n;
+        }
+    }
     nseg = nseg < 1 ? 1 : nseg > ntiles ? ntiles : nseg;
     pl.tps = (ntiles + nseg - 1) / nseg;
     pl.nseg = (ntiles + pl.tps - 1) / pl.tps; /* no empty segment */

@@ -31,8 +31,8 @@ __device__ __forceinline__ float ex2(float x) {
  * relative precision: one MUFU and no branches, where log1pf takes a
  * polynomial, a MUFU and special cases. Past x = 20 the log1p term is under
  * half an ulp of x, so this is x there, as PyTorch's threshold makes it. */
-__device__ __forceinline__ float softplus(float x) {
-    const float e = ex2(-fabsf(x) * LOG2E);
+__device__ __forceinline__ float softplus(float x, float &e) {
+    e = ex2(-fabsf(x) * LOG2E);
     float q = 0.005383958108723164f;
     q = fmaf(q, e, -0.03011055290699005f);
     q = fmaf(q, e, 0.0792100802063942f);
@@ -43,6 +43,16 @@ __device__ __forceinline__ float softplus(float x) {
     q = fmaf(q, e, -0.49999552965164185f);
     q = fmaf(q, e, 1.f);
     return fmaf(e, q, fmaxf(x, 0.f));
+}
+__device__ __forceinline__ float softplus(float x) {
+    float e;
+    return softplus(x, e);
+}
+/* softplus'(x) = sigmoid(x) from the e = e^−|x| that softplus(x, e) gives:
+ * one MUFU; 1 past PyTorch's threshold, where softplus is x itself */
+__device__ __forceinline__ float softplus_grad(float x, float e) {
+    const float r = __fdividef(1.f, 1.f + e);
+    return x > 20.f ? 1.f : x >= 0.f ? r : e * r;
 }
 __device__ __forceinline__ float sigmoid(float x) { return __fdividef(1.f, 1.f + ex2(-x * LOG2E)); }
 
@@ -109,6 +119,17 @@ __device__ __forceinline__ void sts4(float *p, float a, float b, float c, float 
     *reinterpret_cast<float4 *>(p) = make_float4(a, b, c, d);
 }
 
+/* K consecutive floats to shared memory, K = 2 or a multiple of 4 (K·4
+ * bytes aligned, or 16) */
+template <int K> __device__ __forceinline__ void sts(float *p, const float (&v)[K]) {
+    if constexpr (K == 2) {
+        *reinterpret_cast<float2 *>(p) = make_float2(v[0], v[1]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < K; i += 4) sts4(p + i, v[i], v[i + 1], v[i + 2], v[i + 3]);
+    }
+}
+
 /* Two consecutive elements of a row (t, t+1: t even, rows of even length),
  * as one 4- or 8-byte access. */
 __device__ __forceinline__ float2 ld2(const float *p) { return *reinterpret_cast<const float2 *>(p); }
@@ -124,9 +145,12 @@ __device__ __forceinline__ void st2(__nv_bfloat16 *p, float a, float b) {
 
 /* Offset of (row, col) in a [rows][W] float array whose 16-byte chunks are
  * XOR-swizzled by row: float4 (and float2) accesses by 8 consecutive rows
- * at one column land on distinct banks, with no padding. */
+ * at one column land on distinct banks, with no padding. Rows narrower
+ * than the 128 bytes of the banks (W = 16: two rows a bank line) swizzle
+ * by the line, the row's parity picking the half. */
 template <int W> __device__ __forceinline__ int swz(int row, int col) {
-    return row * W + ((((col >> 2) ^ row) & (W / 4 - 1)) << 2) + (col & 3);
+    constexpr int K = W >= 32 ? 1 : 32 / W; /* rows per 128 bytes */
+    return row * W + ((((col >> 2) ^ (row / K)) & (W / 4 - 1)) << 2) + (col & 3);
 }
 
 /* The launch geometry of both directions: S groups of G states, CB
@@ -143,44 +167,6 @@ inline Geometry geometry(int N, int G, int block, int max_cb) {
     if (g.CB > max_cb) g.CB = max_cb;
     g.threads = g.S * g.CB;
     return g;
-}
-
-/* B and C, shared by every channel, in the layout the scan threads read:
- * fp32, (batch, Lp, S, 2G), per step and group the group's G B's then its
- * G C's, zero past N and past L (Lp: L rounded up to BC_TILE). Made once per
- * call, so that no block converts or transposes B and C itself: a tile of
- * it is one contiguous run that cp.async copies as is. */
-constexpr int BC_TILE = 32;
-inline int bc_len(int L) { return (L + BC_TILE - 1) / BC_TILE * BC_TILE; }
-inline size_t bc_floats(int batch, int L, const Geometry &geo) {
-    return (size_t)batch * bc_len(L) * 2 * geo.S * geo.G;
-}
-template <typename T>
-__global__ void interleave_bc(float *dst, const T *B, const T *C, int L, int Lp, int N, int S,
-                              int G, long count) {
-    const long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
-    if (i >= count) return;
-    const int NP = S * G, t = (int)(i % Lp), n = (int)(i / Lp % NP);
-    const long b = i / ((long)Lp * NP);
-    const bool ok = n < N && t < L;
-    const size_t src = ((size_t)b * N + n) * L + t;
-    float *d = dst + ((size_t)b * Lp + t) * 2 * NP + (n / G) * 2 * G + n % G;
-    d[0] = ok ? to_f(B[src]) : 0.f;
-    d[G] = ok ? to_f(C[src]) : 0.f;
-}
-inline cudaError_t make_bc(float *dst, const cm_cuda_scan_params *p, const Geometry &geo,
-                           cudaStream_t stream) {
-    const int Lp = bc_len(p->L);
-    const long count = (long)p->batch * geo.S * geo.G * Lp;
-    const unsigned blocks = (unsigned)((count + 255) / 256);
-    if (p->dtype == CM_CUDA_BF16)
-        interleave_bc<<<blocks, 256, 0, stream>>>(dst, (const __nv_bfloat16 *)p->B,
-                                                  (const __nv_bfloat16 *)p->C, p->L, Lp, p->N,
-                                                  geo.S, geo.G, count);
-    else
-        interleave_bc<<<blocks, 256, 0, stream>>>(dst, (const float *)p->B, (const float *)p->C,
-                                                  p->L, Lp, p->N, geo.S, geo.G, count);
-    return cudaGetLastError();
 }
 
 inline int sm_count() {

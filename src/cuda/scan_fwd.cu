@@ -7,14 +7,16 @@
  * the parallelism comes from batch × d_inner × N/G threads. A tile:
  *   P  delta and u (staged in shared memory by cp.async during the previous
  *      tile) become Δ = softplus(delta + bias) and Δ·u, once per (channel,
- *      step) for the S groups of the channel;
+ *      step) for the S groups of the channel; the tile's B and C (staged
+ *      likewise) become fp32 in the order the scan reads them;
  *   S  the recurrence: per state and step one FMUL, one MUFU.EX2, one FMUL
- *      and two FFMA; B and C come from the interleaved copy (make_bc) in
- *      one load per step; each group writes its partial Σ h·C;
- *   E  the groups' partials, D·u and silu(z) make out.
- * Three barriers a tile; four to six blocks per SM (35-45 KB of shared
+ *      and two FFMA; a group's B and C of a step are one load; each group
+ *      writes its partial Σ h·C;
+ *   E  the groups' partials, D·u and silu(z) make out; E of a tile runs
+ *      with P of the next.
+ * Two barriers a tile; four to six blocks per SM (35-45 KB of shared
  * memory each) keep some block in its MUFU-bound scan while others are in
- * the ALU-bound P or E. G, the states per thread, is the largest that
+ * the ALU-bound P and E. G, the states per thread, is the largest that
  * still gives every SM two blocks: 4 at batch 8 × d_inner 1536, 2 at
  * batch 1 × 5120.
  */
@@ -26,19 +28,19 @@ namespace {
 constexpr int FWD_BLOCK = 128, TF = 32;
 
 struct FwdArgs {
-    const void *u, *delta, *z;
-    const float *A, *Dskip, *bias, *bcx, *h0;
+    const void *u, *delta, *z, *B, *C;
+    const float *A, *Dskip, *bias, *h0;
     void *out;
     float *x, *h_last;
-    int L, Lp, D, N, S, CB, n_ck, softplus, vec;
+    int L, D, N, S, CB, n_ck, softplus, vec;
 };
 
 __host__ __device__ constexpr int fwd_cb(int S) { return FWD_BLOCK / S < 32 ? FWD_BLOCK / S : 32; }
 
 /* shared memory: see the carve in the kernel */
-template <typename T> size_t fwd_smem(int S, int CB, int G) {
-    const size_t floats = (2 + S) * CB * TF + 2 * TF * 2 * S * G + ((2 * CB + 3) & ~3);
-    return floats * sizeof(float) + 2 * 3 * (size_t)CB * TF * sizeof(T);
+template <typename T> size_t fwd_smem(int S, int CB, int G, int N) {
+    const size_t floats = (2 + S) * CB * TF + TF * (2 * S * G + 4) + ((2 * CB + 3) & ~3);
+    return floats * sizeof(float) + 2 * (3 * (size_t)CB + 2 * N) * TF * sizeof(T);
 }
 
 /* The recurrence over one tile for thread (c, g): G states in h, partial
@@ -101,7 +103,8 @@ __global__ void __launch_bounds__(FWD_BLOCK) scan_fwd_kernel(const FwdArgs p) {
     constexpr int CBc = SC ? fwd_cb(SC) : 1;
     constexpr int NI = SC ? CBc * TF / 2 / FWD_BLOCK : 0;       /* P and E items per thread */
     constexpr int NR = SC ? (3 * CBc * CPR + FWD_BLOCK - 1) / FWD_BLOCK : 0; /* raw copies per thread */
-    const int S = SC ? SC : p.S, CB = SC ? CBc : p.CB, S2G = 2 * S * G;
+    constexpr int NB = SC ? TF * SC / FWD_BLOCK : 0;             /* B, C conversions per thread */
+    const int S = SC ? SC : p.S, CB = SC ? CBc : p.CB, S2G = 2 * S * G, BCP = S2G + 4;
     const int N = p.N, L = p.L;
     const int tid = threadIdx.x, c = tid % CB, g = tid / CB;
     const int nthr = SC ? FWD_BLOCK : blockDim.x; /* S·CB: FWD_BLOCK when SC */
@@ -111,14 +114,16 @@ __global__ void __launch_bounds__(FWD_BLOCK) scan_fwd_kernel(const FwdArgs p) {
     float *sDelta = reinterpret_cast<float *>(smem4); /* [CB][TF] swizzled: Δ             */
     float *sDu = sDelta + CB * TF;                    /* [CB][TF] swizzled: Δ·u           */
     float *sY = sDu + CB * TF;                        /* [S][CB][TF] swizzled: Σ_group h·C */
-    float *sBC = sY + S * CB * TF;                    /* [2][TF][S2G]: B, C of the tile   */
-    float *sBias = sBC + 2 * TF * S2G, *sDk = sBias + CB;
-    T *raw = reinterpret_cast<T *>(sBias + ((2 * CB + 3) & ~3)); /* [2][3][CB][TF]: delta, u, z */
+    float *sBC = sY + S * CB * TF;                    /* [TF][BCP]: B, C of the tile      */
+    float *sBias = sBC + TF * BCP, *sDk = sBias + CB;
+    /* [2][3·CB + 2·N][TF]: delta, u, z, then B and C of the tile, as they are */
+    T *raw = reinterpret_cast<T *>(sBias + ((2 * CB + 3) & ~3));
+    const int RAWB = (3 * CB + 2 * N) * TF;
 
     const size_t row0 = ((size_t)b * p.D + c0) * L;
     const T *gD = (const T *)p.delta + row0, *gU = (const T *)p.u + row0;
     const T *gZ = p.z ? (const T *)p.z + row0 : nullptr;
-    const float *gBC = p.bcx + (size_t)b * p.Lp * S2G;
+    const T *gB = (const T *)p.B + (size_t)b * N * L, *gC = (const T *)p.C + (size_t)b * N * L;
     T *gOut = (T *)p.out + row0;
     const int ntiles = (L + TF - 1) / TF, nt = gZ ? 3 : 2;
 
@@ -137,7 +142,7 @@ __global__ void __launch_bounds__(FWD_BLOCK) scan_fwd_kernel(const FwdArgs p) {
     };
     auto stage = [&](int k) {
         const int t0 = k * TF;
-        T *r = raw + (k & 1) * 3 * CB * TF;
+        T *r = raw + (k & 1) * RAWB, *rb = r + 3 * CB * TF;
         if (p.vec && t0 + TF <= L) {
             if constexpr (NR > 0) {
 #pragma unroll
@@ -146,14 +151,19 @@ __global__ void __launch_bounds__(FWD_BLOCK) scan_fwd_kernel(const FwdArgs p) {
             } else {
                 for (int i = tid; i < nt * CB * CPR; i += nthr) copy_raw(i, t0, r);
             }
+            /* B's N rows then C's */
+            for (int i = tid; i < 2 * N * CPR; i += nthr) {
+                const int row = i / CPR, ch = i % CPR;
+                const T *src = (row < N ? gB + (size_t)row * L : gC + (size_t)(row - N) * L) + t0 + ch * V;
+                cp_async16(rb + row * TF + ch * V, src, 16);
+            }
         } else { /* the last tile, or rows not 16-byte aligned */
             stage_rows<T, TF>(r, gD, CB, nvalid, t0, L, p.vec);
             stage_rows<T, TF>(r + CB * TF, gU, CB, nvalid, t0, L, p.vec);
             if (gZ) stage_rows<T, TF>(r + 2 * CB * TF, gZ, CB, nvalid, t0, L, p.vec);
+            stage_rows<T, TF>(rb, gB, N, N, t0, L, p.vec);
+            stage_rows<T, TF>(rb + N * TF, gC, N, N, t0, L, p.vec);
         }
-        float *bc = sBC + (k & 1) * TF * S2G;
-        const float *src = gBC + (size_t)t0 * S2G;
-        for (int i = tid; i < TF * S2G / 4; i += nthr) cp_async16(bc + 4 * i, src + 4 * i, 16);
         cp_async_commit();
     };
 
@@ -177,7 +187,7 @@ __global__ void __launch_bounds__(FWD_BLOCK) scan_fwd_kernel(const FwdArgs p) {
     /* P of item i (two steps of one channel) of tile k */
     auto prepare = [&](int i, int k) {
         const int row = i / (TF / 2), j = i % (TF / 2) * 2, o = row * TF + j, t = k * TF + j;
-        const T *rD = raw + (k & 1) * 3 * CB * TF, *rU = rD + CB * TF;
+        const T *rD = raw + (k & 1) * RAWB, *rU = rD + CB * TF;
         const float2 dl = ld2(rD + o), u = ld2(rU + o);
         float d0 = dl.x + sBias[row], d1 = dl.y + sBias[row];
         if (p.softplus) d0 = softplus(d0), d1 = softplus(d1);
@@ -188,11 +198,28 @@ __global__ void __launch_bounds__(FWD_BLOCK) scan_fwd_kernel(const FwdArgs p) {
         st2(sDelta + swz<TF>(row, j), d0, d1);
         st2(sDu + swz<TF>(row, j), d0 * u.x, d1 * u.y);
     };
+    /* B, C of step t and group gg (item i) of tile k into sBC as fp32, in
+     * the order the scan reads them: the group's G B's, then its G C's,
+     * zero past N. Consecutive lanes take consecutive steps: their reads of
+     * a row are contiguous, and BCP = S2G + 4 keeps their writes on
+     * distinct banks. */
+    auto convert_bc = [&](int i, int k) {
+        const int t = i % TF, gg = i / TF;
+        const T *rb = raw + (k & 1) * RAWB + 3 * CB * TF + t;
+        float v[2 * G];
+#pragma unroll
+        for (int j = 0; j < G; j++) {
+            const int n = gg * G + j;
+            v[j] = n < N ? to_f(rb[n * TF]) : 0.f;
+            v[G + j] = n < N ? to_f(rb[(N + n) * TF]) : 0.f;
+        }
+        sts<2 * G>(sBC + t * BCP + gg * 2 * G, v);
+    };
     /* E of item i of tile k */
     auto finish = [&](int i, int k) {
         const int row = i / (TF / 2), j = i % (TF / 2) * 2, o = row * TF + j, t = k * TF + j;
         if (row >= nvalid || t >= L) return;
-        const T *rU = raw + (k & 1) * 3 * CB * TF + CB * TF, *rZ = rU + CB * TF;
+        const T *rU = raw + (k & 1) * RAWB + CB * TF, *rZ = rU + CB * TF;
         float2 acc = ld2(sY + swz<TF>(row, j));
 #pragma unroll
         for (int s2 = 1; s2 < S; s2++) {
@@ -214,31 +241,40 @@ __global__ void __launch_bounds__(FWD_BLOCK) scan_fwd_kernel(const FwdArgs p) {
         }
     };
 
-    stage(0);
-    for (int k = 0; k < ntiles; k++) {
-        const int t0 = k * TF;
-        cp_async_wait<0>();
-        __syncthreads();
-        if constexpr (NI > 0) {
-#pragma unroll
-            for (int m = 0; m < NI; m++) prepare(tid + m * FWD_BLOCK, k);
-        } else {
-            for (int i = tid; i < CB * TF / 2; i += nthr) prepare(i, k);
-        }
-        __syncthreads();
-        if (k + 1 < ntiles) stage(k + 1); /* lands during S and E */
-
-        scan_tile<G>(sDelta, sDu, sBC + (k & 1) * TF * S2G + g * 2 * G, sY + g * CB * TF, h, A2, c,
-                     S2G, xrow, t0 / CKPT, p.n_ck, N, p.D, g);
-        __syncthreads();
-
+    auto finish_tile = [&](int k) {
         if constexpr (NI > 0) {
 #pragma unroll
             for (int m = 0; m < NI; m++) finish(tid + m * FWD_BLOCK, k);
         } else {
             for (int i = tid; i < CB * TF / 2; i += nthr) finish(i, k);
         }
+    };
+
+    /* E of a tile runs with P of the next, between the same two barriers:
+     * its sY and raw buffer are rewritten only after the second */
+    stage(0);
+    for (int k = 0; k < ntiles; k++) {
+        const int t0 = k * TF;
+        cp_async_wait<0>();
+        __syncthreads();
+        if (k > 0) finish_tile(k - 1);
+        if constexpr (NI > 0) {
+#pragma unroll
+            for (int m = 0; m < NI; m++) prepare(tid + m * FWD_BLOCK, k);
+#pragma unroll
+            for (int m = 0; m < NB; m++) convert_bc(tid + m * FWD_BLOCK, k);
+        } else {
+            for (int i = tid; i < CB * TF / 2; i += nthr) prepare(i, k);
+            for (int i = tid; i < TF * S; i += nthr) convert_bc(i, k);
+        }
+        __syncthreads();
+        if (k + 1 < ntiles) stage(k + 1); /* lands during S */
+
+        scan_tile<G>(sDelta, sDu, sBC + g * 2 * G, sY + g * CB * TF, h, A2, c, BCP, xrow,
+                     t0 / CKPT, p.n_ck, N, p.D, g);
     }
+    __syncthreads();
+    finish_tile(ntiles - 1);
     /* past L, Δ = 0 left the states unchanged: h is the state after step L − 1 */
     if (p.h_last && c < nvalid) {
 #pragma unroll
@@ -249,7 +285,7 @@ __global__ void __launch_bounds__(FWD_BLOCK) scan_fwd_kernel(const FwdArgs p) {
 
 template <typename T, int G, int SC>
 cudaError_t launch(const FwdArgs &a, const Geometry &geo, int batch, cudaStream_t stream) {
-    const size_t smem = fwd_smem<T>(geo.S, geo.CB, G);
+    const size_t smem = fwd_smem<T>(geo.S, geo.CB, G, a.N);
     auto kern = scan_fwd_kernel<T, G, SC>;
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) return e;
@@ -301,23 +337,14 @@ extern "C" int cm_cuda_scan_fwd(const cm_cuda_scan_params *p, cudaStream_t strea
     if (geo.threads > FWD_BLOCK) return cudaErrorInvalidValue;
 
     FwdArgs a;
-    a.u = p->u, a.delta = p->delta, a.z = p->z;
+    a.u = p->u, a.delta = p->delta, a.z = p->z, a.B = p->B, a.C = p->C;
     a.A = p->A, a.Dskip = p->D_skip, a.bias = p->delta_bias, a.out = p->out, a.x = p->x;
     a.h0 = p->h0, a.h_last = p->h_last;
-    a.L = p->L, a.Lp = bc_len(p->L), a.D = p->D, a.N = p->N, a.S = geo.S, a.CB = geo.CB;
+    a.L = p->L, a.D = p->D, a.N = p->N, a.S = geo.S, a.CB = geo.CB;
     a.n_ck = (p->L + CKPT - 1) / CKPT;
     a.softplus = p->delta_softplus;
     a.vec = p->L % 8 == 0 && aligned16(p->u) && aligned16(p->delta) && aligned16(p->z) &&
-            aligned16(p->out);
-    /* the interleaved B, C live for this call only, in the stream's pool */
-    float *bcx;
-    cudaError_t e = cudaMallocAsync((void **)&bcx, bc_floats(p->batch, p->L, geo) * sizeof(float), stream);
-    if (e != cudaSuccess) return e;
-    a.bcx = bcx;
-    e = make_bc(bcx, p, geo, stream);
-    if (e == cudaSuccess)
-        e = p->dtype == CM_CUDA_BF16 ? dispatch_g<__nv_bfloat16>(a, geo, p->batch, stream)
-                                     : dispatch_g<float>(a, geo, p->batch, stream);
-    const cudaError_t f = cudaFreeAsync(bcx, stream);
-    return e != cudaSuccess ? e : f;
+            aligned16(p->B) && aligned16(p->C) && aligned16(p->out);
+    return p->dtype == CM_CUDA_BF16 ? dispatch_g<__nv_bfloat16>(a, geo, p->batch, stream)
+                                    : dispatch_g<float>(a, geo, p->batch, stream);
 }
