@@ -201,7 +201,7 @@ template <typename T> __global__ void __launch_bounds__(256) conv_step_kernel(co
  * sequences (j·UPD_SEQS …): the channels' rows of dt_proj are read from
  * memory once into shared memory for all of them (a block per sequence
  * read them batch times, from L2: at 64 sequences of the 2.8b shape 105 MB
- * a layer, 2.5× the states' traffic, and 65 of the step's 125 µs a layer).
+ * a layer, 2.5× the states' traffic).
  * A group of ts lanes per channel, each lane SPT consecutive states (one
  * 16-byte access), every state load of the block's sequences in flight
  * before the first update. */
@@ -210,34 +210,6 @@ __host__ __device__ constexpr int upd_stride(int R) { return R | 1; } /* odd: no
 size_t update_smem(int ts, int R, int N) {
     const int ch = UPD_BLOCK / ts;
     return sizeof(float) * ((size_t)ch * upd_stride(R) + UPD_SEQS * (R + 2 * N) + UPD_SEQS * ch);
-}
-
-/* dst[i / row · stride + i % row] = src[i] (i < n) as floats, by the whole
- * block: 16-byte loads where src allows, UNROLL_ST of them a thread in
- * flight at once (a loop of single loads would wait on each in turn) */
-template <typename T>
-__device__ __forceinline__ void stage(const T *src, int n, int row, int stride, float *dst) {
-    constexpr int E = 16 / sizeof(T), UNROLL_ST = 8;
-    const int nv = (uintptr_t)src % 16 == 0 ? n / E : 0;
-    const uint4 *v = (const uint4 *)src;
-    for (int v0 = threadIdx.x; v0 < nv; v0 += UPD_BLOCK * UNROLL_ST) {
-        uint4 buf[UNROLL_ST];
-#pragma unroll
-        for (int u = 0; u < UNROLL_ST; u++)
-            if (v0 + u * UPD_BLOCK < nv) buf[u] = __ldg(v + v0 + u * UPD_BLOCK);
-#pragma unroll
-        for (int u = 0; u < UNROLL_ST; u++) {
-            if (v0 + u * UPD_BLOCK >= nv) break;
-            T e[E];
-            memcpy(e, &buf[u], 16);
-#pragma unroll
-            for (int k = 0; k < E; k++) {
-                const int i = (v0 + u * UPD_BLOCK) * E + k;
-                dst[i / row * stride + i % row] = to_f(e[k]);
-            }
-        }
-    }
-    for (int i = nv * E + threadIdx.x; i < n; i += UPD_BLOCK) dst[i / row * stride + i % row] = to_f(src[i]);
 }
 
 template <typename T>
@@ -251,7 +223,8 @@ __global__ void __launch_bounds__(UPD_BLOCK) update_kernel(const StepArgs a, int
     const bool live = cl < nch, vec = N % SPT == 0 && n0 < N;
     pdl_launch_dependents();
     /* weights first: they need nothing of the previous kernels */
-    stage((const T *)a.dt_proj_w + (size_t)c0 * R, nch * R, R, RS, wdt);
+    const T *w = (const T *)a.dt_proj_w + (size_t)c0 * R;
+    for (int i = threadIdx.x; i < nch * R; i += UPD_BLOCK) wdt[i / R * RS + i % R] = to_f(w[i]);
     float A[SPT] = {}, Dc = 0.f;
     if (live) {
 #pragma unroll
@@ -259,21 +232,14 @@ __global__ void __launch_bounds__(UPD_BLOCK) update_kernel(const StepArgs a, int
         Dc = a.D[c];
     }
     pdl_wait(); /* dbc is x_proj's, xc the conv's before it (pdl.cuh) */
-    stage(a.dbc + (size_t)b0 * P, nseq * P, P, P, dbc);
+    for (int i = threadIdx.x; i < nseq * P; i += UPD_BLOCK) dbc[i] = a.dbc[(size_t)b0 * P + i];
     __syncthreads();
-    /* Δ of each (sequence, channel) pair: sp lanes a pair where the pairs
-     * are too few for the block (one sequence) */
-    const int pairs = nseq * ch;
-    int sp = 1;
-    while (sp < 32 && sp * 2 * pairs <= UPD_BLOCK) sp *= 2;
-    for (int base = 0; base < pairs; base += UPD_BLOCK / sp) { /* uniform: the sums are shuffles */
-        const int i = base + threadIdx.x / sp, s = i / ch, cc = i % ch;
-        const bool ok = i < pairs && cc < nch;
+    for (int i = threadIdx.x; i < nseq * ch; i += UPD_BLOCK) {
+        const int s = i / ch, cc = i % ch;
+        if (cc >= nch) continue;
         float d = 0.f;
-        if (ok)
-            for (int r = threadIdx.x % sp; r < R; r += sp) d = fmaf(wdt[cc * RS + r], dbc[s * P + r], d);
-        d = group_sum(d, sp);
-        if (ok && threadIdx.x % sp == 0) delta[s * ch + cc] = softplus_ref(d + a.dt_b[c0 + cc]);
+        for (int r = 0; r < R; r++) d = fmaf(wdt[cc * RS + r], dbc[s * P + r], d);
+        delta[s * ch + cc] = softplus_ref(d + a.dt_b[c0 + cc]);
     }
     __syncthreads();
     float h[UPD_SEQS][SPT], x[UPD_SEQS], z[UPD_SEQS];
