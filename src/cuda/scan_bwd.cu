@@ -351,11 +351,13 @@ __global__ void __launch_bounds__(BWD_BLOCK, 2) scan_bwd_kernel(const BwdArgs p)
             __syncthreads();
 
             /* dB_t, dC_t over the block's channels: four lanes per (step,
-             * group) each sum a quarter of the channels, two shuffles join
-             * them, one atomic per output */
+             * group), 8 apart, each sum a quarter of the channels, two
+             * shuffles join them, one atomic per output. Each 8 consecutive
+             * lanes read 8 (step, group) rows at one channel: distinct banks. */
 #pragma unroll
             for (int base = 0; base < HB * S * 4; base += nthr) {
-                const int i = base + tid, qt = i & 3, gg = (i >> 2) % S, tt = (i >> 2) / S;
+                const int i = base + tid, qt = (i >> 3) & 3, row = (i >> 5) * 8 + (i & 7);
+                const int gg = row % S, tt = row / S;
                 const bool act = i < HB * S * 4;
                 float acc[2 * G];
 #pragma unroll
@@ -373,8 +375,8 @@ __global__ void __launch_bounds__(BWD_BLOCK, 2) scan_bwd_kernel(const BwdArgs p)
                 }
 #pragma unroll
                 for (int v = 0; v < 2 * G; v++) {
-                    acc[v] += __shfl_xor_sync(0xffffffffu, acc[v], 1);
-                    acc[v] += __shfl_xor_sync(0xffffffffu, acc[v], 2);
+                    acc[v] += __shfl_xor_sync(0xffffffffu, acc[v], 8);
+                    acc[v] += __shfl_xor_sync(0xffffffffu, acc[v], 16);
                 }
                 const int t = t0 + half * HB + tt;
                 if (act && qt == 0 && t < L) {

@@ -130,6 +130,33 @@ template <int K> __device__ __forceinline__ void sts(float *p, const float (&v)[
     }
 }
 
+/* K = 2 or 4 consecutive elements of a row of u, delta, z or out (the
+ * first a multiple of K, rows of a length that is a multiple of K), as one
+ * access of 4 to 16 bytes. */
+template <int K> __device__ __forceinline__ void ldr(float (&v)[K], const float *p) {
+    lds<K>(v, p);
+}
+template <int K> __device__ __forceinline__ void ldr(float (&v)[K], const __nv_bfloat16 *p) {
+#pragma unroll
+    for (int i = 0; i < K; i += 2) {
+        const float2 f = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162 *>(p)[i / 2]);
+        v[i] = f.x, v[i + 1] = f.y;
+    }
+}
+template <int K> __device__ __forceinline__ void str(float *p, const float (&v)[K]) {
+    sts<K>(p, v);
+}
+template <int K> __device__ __forceinline__ void str(__nv_bfloat16 *p, const float (&v)[K]) {
+    if constexpr (K == 2) {
+        *reinterpret_cast<__nv_bfloat162 *>(p) = __floats2bfloat162_rn(v[0], v[1]);
+    } else {
+        const __nv_bfloat162 a = __floats2bfloat162_rn(v[0], v[1]), b = __floats2bfloat162_rn(v[2], v[3]);
+        uint2 w;
+        w.x = *reinterpret_cast<const unsigned *>(&a), w.y = *reinterpret_cast<const unsigned *>(&b);
+        *reinterpret_cast<uint2 *>(p) = w;
+    }
+}
+
 /* Two consecutive elements of a row (t, t+1: t even, rows of even length),
  * as one 4- or 8-byte access. */
 __device__ __forceinline__ float2 ld2(const float *p) { return *reinterpret_cast<const float2 *>(p); }
