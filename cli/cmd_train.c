@@ -189,7 +189,8 @@ int cmd_train(int argc, char **argv) {
     if (rank > 0) quiet = 1; /* rank 0 speaks for the group */
     cm_trainer *t;
     if ((resume ? cm_trainer_resume(resume, &t, &err) : cm_trainer_new(&o, &t, &err)) ||
-        (world > 1 && cm_trainer_set_dist(t, dist, &err)) ||
+        /* launched (even as a group of one): NCCL sums on the GPU */
+        ((world > 1 || getenv("WORLD_SIZE")) && cm_trainer_set_dist(t, dist, &err)) ||
         (cuda && cm_trainer_set_cuda(t, cli_cuda_backend(&err), dtype == CMAMBA_DTYPE_BF16, &err))) {
         fprintf(stderr, "cmamba train: rank %d: %s\n", rank, err.msg);
         cm_trainer_free(t);

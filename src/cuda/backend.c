@@ -24,4 +24,9 @@ __attribute__((visibility("default"))) const cm_cuda_backend cm_cuda_backend_v1 
     .train_set_hook = cm_cuda_train_set_hook,
     .train_run = cm_cuda_train_run,
     .train_adamw = cm_cuda_train_adamw,
+    .group_new = cm_cuda_group_new,
+    .group_free = cm_cuda_group_free,
+    .group_describe = cm_cuda_group_describe,
+    .group_allreduce_after = cm_cuda_group_allreduce_after,
+    .group_join = cm_cuda_group_join,
 };

@@ -8,6 +8,7 @@
 #define CM_CUDA_BACKEND_H
 
 #include "cuda/model_cuda.h"
+#include "cuda/nccl_group.h"
 #include "cuda/train_cuda.h"
 
 #define CM_CUDA_BACKEND_FILE "libcmamba-cuda.so"
@@ -43,6 +44,13 @@ typedef struct {
                      float grad_weight, cm_train_stats *st, cmamba_error *err);
     int (*train_adamw)(cm_cuda_train *m, const cm_adamw_params *p, long step, float *grad_norm,
                        cmamba_error *err);
+    /* data-parallel sums of the gradients (cuda/nccl_group.h) */
+    int (*group_new)(cm_dist *d, cm_cuda_group **out, cmamba_error *err);
+    void (*group_free)(cm_cuda_group *g);
+    const char *(*group_describe)(const cm_cuda_group *g);
+    int (*group_allreduce_after)(cm_cuda_group *g, float *data, size_t n, void *stream,
+                                 cmamba_error *err);
+    int (*group_join)(cm_cuda_group *g, void *stream, cmamba_error *err);
 } cm_cuda_backend;
 
 #endif

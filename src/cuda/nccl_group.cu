@@ -22,6 +22,8 @@ struct cm_cuda_group {
     cm_dist *dist;
     int device, sharing; /* sharing: ranks of this host outnumber its GPUs */
     float *host;         /* host sums: pinned staging buffer */
+    cudaStream_t comm_stream; /* NCCL: the overlapped sums' stream */
+    cudaEvent_t ready, done;
     size_t host_n;
     char describe[96];
 #if HAVE_NCCL_HEADER
@@ -103,7 +105,14 @@ int cm_cuda_group_new(cm_dist *d, cm_cuda_group **out, cmamba_error *err) {
     if (!g->sharing) {
         if (nccl_open(g, err)) goto fail;
         if (g->lib) {
-            if (nccl_connect(g, err)) goto fail;
+            if (nccl_connect(g, err) ||
+                cuda_fail(cudaStreamCreateWithFlags(&g->comm_stream, cudaStreamNonBlocking),
+                          "cudaStreamCreate", err) ||
+                cuda_fail(cudaEventCreateWithFlags(&g->ready, cudaEventDisableTiming),
+                          "cudaEventCreate", err) ||
+                cuda_fail(cudaEventCreateWithFlags(&g->done, cudaEventDisableTiming),
+                          "cudaEventCreate", err))
+                goto fail;
             *out = g;
             return 0;
         }
@@ -122,6 +131,9 @@ void cm_cuda_group_free(cm_cuda_group *g) {
     if (!g) return;
 #if HAVE_NCCL_HEADER
     if (g->comm) g->CommDestroy(g->comm);
+    if (g->comm_stream) cudaStreamDestroy(g->comm_stream);
+    if (g->ready) cudaEventDestroy(g->ready);
+    if (g->done) cudaEventDestroy(g->done);
     if (g->lib) dlclose(g->lib);
 #endif
     cudaFreeHost(g->host);
@@ -130,8 +142,9 @@ void cm_cuda_group_free(cm_cuda_group *g) {
 
 const char *cm_cuda_group_describe(const cm_cuda_group *g) { return g->describe; }
 
-int cm_cuda_group_allreduce(cm_cuda_group *g, float *data, size_t n, cudaStream_t stream,
+int cm_cuda_group_allreduce(cm_cuda_group *g, float *data, size_t n, void *stream_,
                             cmamba_error *err) {
+    cudaStream_t stream = (cudaStream_t)stream_;
 #if HAVE_NCCL_HEADER
     if (g->comm)
         return nccl_fail(g, g->AllReduce(data, data, n, ncclFloat32, ncclSum, g->comm, stream),
@@ -151,6 +164,31 @@ int cm_cuda_group_allreduce(cm_cuda_group *g, float *data, size_t n, cudaStream_
         cm_dist_allreduce_sum(g->dist, g->host, n, CM_DIST_F32, err) ||
         cuda_fail(cudaMemcpyAsync(data, g->host, n * sizeof(float), cudaMemcpyHostToDevice, stream),
                   "copy to device", err))
+        return -1;
+    return 0;
+}
+
+int cm_cuda_group_allreduce_after(cm_cuda_group *g, float *data, size_t n, void *stream_,
+                                  cmamba_error *err) {
+    cudaStream_t stream = (cudaStream_t)stream_;
+#if HAVE_NCCL_HEADER
+    if (g->comm) {
+        /* an event may be recorded again once waited on: the wait keeps
+         * the work it stood for */
+        if (cuda_fail(cudaEventRecord(g->ready, stream), "cudaEventRecord", err) ||
+            cuda_fail(cudaStreamWaitEvent(g->comm_stream, g->ready, 0), "cudaStreamWaitEvent", err))
+            return -1;
+        return cm_cuda_group_allreduce(g, data, n, g->comm_stream, err);
+    }
+#endif
+    return cm_cuda_group_allreduce(g, data, n, stream, err);
+}
+
+int cm_cuda_group_join(cm_cuda_group *g, void *stream_, cmamba_error *err) {
+    cudaStream_t stream = (cudaStream_t)stream_;
+    if (!g->comm_stream) return 0;
+    if (cuda_fail(cudaEventRecord(g->done, g->comm_stream), "cudaEventRecord", err) ||
+        cuda_fail(cudaStreamWaitEvent(stream, g->done, 0), "cudaStreamWaitEvent", err))
         return -1;
     return 0;
 }

@@ -11,13 +11,13 @@
  * use NCCL (one rank), which is how the NCCL path is exercised on one GPU.
  *
  * Each rank runs on GPU LOCAL_RANK mod (visible GPUs); cm_cuda_group_new
- * makes it the current device, so call it before allocating. */
+ * makes it the current device, so call it before allocating. Streams are
+ * cudaStream_t, passed as void * so that C code without the CUDA headers
+ * (the trainer) can hold them. */
 #ifndef CM_CUDA_NCCL_GROUP_H
 #define CM_CUDA_NCCL_GROUP_H
 
 #include <stddef.h>
-
-#include <cuda_runtime_api.h>
 
 #include "cmamba.h"
 #include "dist/dist.h"
@@ -36,8 +36,17 @@ const char *cm_cuda_group_describe(const cm_cuda_group *g);
 
 /* data (n floats on the device) := its sum over the group. NCCL: enqueued on
  * stream (returns at once); host sums: synchronous. */
-int cm_cuda_group_allreduce(cm_cuda_group *g, float *data, size_t n, cudaStream_t stream,
+int cm_cuda_group_allreduce(cm_cuda_group *g, float *data, size_t n, void *stream,
                             cmamba_error *err);
+
+/* The overlapped form, for the hook of a backward pass (train_cuda.h):
+ * the sum of data starts on the group's own stream once the work queued so
+ * far on stream is done, so that it runs while stream goes on with the
+ * layers below; cm_cuda_group_join makes stream wait for every sum started
+ * so. Host sums: synchronous, as cm_cuda_group_allreduce. */
+int cm_cuda_group_allreduce_after(cm_cuda_group *g, float *data, size_t n, void *stream,
+                                  cmamba_error *err);
+int cm_cuda_group_join(cm_cuda_group *g, void *stream, cmamba_error *err);
 
 #ifdef __cplusplus
 }

@@ -26,6 +26,25 @@ typedef struct {
     size_t n, cap;
 } series;
 
+/* The backward's hook on the GPU in a group: each range of gradients is
+ * summed over the group as soon as the backward has finished it, while the
+ * layers below are still being differentiated. */
+typedef struct {
+    const cm_cuda_backend *cuda;
+    cm_cuda_group *group;
+    void *stream; /* the backward's, which the optimizer must make wait */
+    int failed;
+    cmamba_error err;
+} grad_sums;
+
+static void sum_ready_grads(void *ctx, float *grads, size_t offset, size_t count, void *stream) {
+    grad_sums *s = ctx;
+    s->stream = stream;
+    if (!s->failed &&
+        s->cuda->group_allreduce_after(s->group, grads + offset, count, stream, &s->err))
+        s->failed = 1;
+}
+
 struct cm_trainer {
     cm_trainer_options o;
     cm_train_model *m;
@@ -38,6 +57,9 @@ struct cm_trainer {
     int world, rank;
     const cm_cuda_backend *cuda; /* the GPU's functions when it trains (NULL: the CPU) */
     cm_cuda_train *gpu;          /* the model there; m, opt then mirror it at checkpoints */
+    cm_cuda_group *group;        /* its gradient sums in a data-parallel group */
+    grad_sums sums;
+    char device[256]; /* cm_trainer_device's text */
     series loss, val_step, val_loss, val_acc;
 };
 
@@ -344,6 +366,7 @@ done:
 void cm_trainer_free(cm_trainer *t) {
     if (!t) return;
     if (t->gpu) t->cuda->train_free(t->gpu);
+    if (t->group) t->cuda->group_free(t->group);
     cm_train_model_free(t->m);
     cm_adamw_free(&t->opt);
     if (!t->o.use_task) cm_text_free(&t->text);
@@ -418,6 +441,9 @@ static int fetch_state(cm_trainer *t, cmamba_error *err) {
 
 int cm_trainer_set_cuda(cm_trainer *t, const cm_cuda_backend *cuda, int bf16, cmamba_error *err) {
     t->cuda = cuda;
+    /* the group first: it picks this rank's GPU */
+    if (t->dist && cuda->group_new(t->dist, &t->group, err)) return -1;
+    t->sums = (grad_sums){.cuda = cuda, .group = t->group};
     if (cuda->train_new(&t->m->cfg, t->m->params, bf16, &t->gpu, err)) return -1;
     /* a resumed run's moments */
     return cuda->train_copy(t->gpu, CM_CUDA_ADAM_M, 1, t->opt.m, err) ||
@@ -425,8 +451,12 @@ int cm_trainer_set_cuda(cm_trainer *t, const cm_cuda_backend *cuda, int bf16, cm
                ? -1 : 0;
 }
 
-const char *cm_trainer_device(const cm_trainer *t) {
-    return t->gpu ? t->cuda->train_describe(t->gpu) : "cpu";
+const char *cm_trainer_device(cm_trainer *t) {
+    if (!t->gpu) return "cpu";
+    snprintf(t->device, sizeof t->device, "%s%s%s", t->cuda->train_describe(t->gpu),
+             t->group ? ", gradients summed by " : "",
+             t->group ? t->cuda->group_describe(t->group) : "");
+    return t->device;
 }
 
 int cm_trainer_validate(cm_trainer *t, int batches, double *loss, double *accuracy,
@@ -526,18 +556,23 @@ int cm_trainer_run(cm_trainer *t, cm_trainer_report report, void *ctx, cmamba_er
         long scored = 0, correct = 0;
         for (int a = 0; a < o->accum; a++) {
             double stats[3];
-            if (micro_step(t, stats, err)) return -1;
+            /* only the last micro-batch completes the gradients */
+            if (t->group && a == o->accum - 1)
+                t->cuda->train_set_hook(t->gpu, sum_ready_grads, &t->sums);
+            const int rc = micro_step(t, stats, err);
+            if (t->group) t->cuda->train_set_hook(t->gpu, NULL, NULL);
+            if (rc) return -1;
             loss += (stats[1] > 0 ? stats[0] / stats[1] : 0) / o->accum;
             scored += (long)stats[1];
             correct += (long)stats[2];
         }
-        /* on the GPU through host memory, until the NCCL path hooks into the
-         * backward (cuda/train_cuda.h) */
-        if (t->world > 1 &&
-            ((t->gpu && t->cuda->train_copy(t->gpu, CM_CUDA_GRADS, 0, t->m->grads, err)) ||
-             cm_dist_allreduce_sum(t->dist, t->m->grads, t->m->n_params, CM_DIST_F32, err) ||
-             (t->gpu && t->cuda->train_copy(t->gpu, CM_CUDA_GRADS, 1, t->m->grads, err))))
+        if (t->group) {
+            if (t->sums.failed) return cm_fail(err, "%s", t->sums.err.msg);
+            if (t->cuda->group_join(t->group, t->sums.stream, err)) return -1;
+        } else if (t->world > 1 &&
+                   cm_dist_allreduce_sum(t->dist, t->m->grads, t->m->n_params, CM_DIST_F32, err)) {
             return -1;
+        }
         cm_trainer_progress p = {.step = step + 1, .steps = o->steps, .loss = (float)loss,
                                  .lr = cm_lr_at(&o->opt, step)};
         if (t->gpu) {

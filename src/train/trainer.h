@@ -68,10 +68,13 @@ int cm_trainer_set_dist(cm_trainer *t, cm_dist *d, cmamba_error *err);
  * opens it), in fp32 or mixed bf16 (cuda/train_cuda.h): parameters and
  * AdamW moments go to the device, which runs every step and validation
  * from then on; checkpoints and the final model copy them back, so they
- * are the files a CPU run writes, and either device resumes them. */
+ * are the files a CPU run writes, and either device resumes them. In a
+ * data-parallel group (cm_trainer_set_dist first) each rank takes GPU
+ * LOCAL_RANK and the gradients are summed by NCCL, range by range as the
+ * backward finishes them (cuda/nccl_group.h). */
 int cm_trainer_set_cuda(cm_trainer *t, const cm_cuda_backend *cuda, int bf16, cmamba_error *err);
 /* "cpu", or the GPU and precision */
-const char *cm_trainer_device(const cm_trainer *t);
+const char *cm_trainer_device(cm_trainer *t);
 
 /* Trains up to the options' step count, reporting every step; saves
  * checkpoints every save_every steps and at the end, and writes the final
