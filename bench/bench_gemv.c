@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "cmamba.h"
+#include "common.h"
 #include "cpu/matrix.h"
 #include "cpu/roofline.h"
 #include "rng.h"
@@ -44,8 +45,8 @@ static void set_init(bench_set *b, const shape *sh, cm_wtype t, size_t total) {
     b->sb = (size_t)sh->rows * cm_matrix_row_scales(t, sh->cols);
     b->bytes = cm_matrix_bytes(t, sh->rows, sh->cols);
     b->copies = total / b->bytes > 0 ? total / b->bytes : 1;
-    /* cache-line aligned, as the model's weights are (src/model/weights.c) */
-    b->q = aligned_alloc(64, (b->qb * b->copies + 63) / 64 * 64);
+    /* allocated as the model's weights are (src/model/weights.c) */
+    b->q = cm_alloc_stream(b->qb * b->copies);
     b->s = malloc(sizeof *b->s * (b->sb ? b->sb * b->copies : 1));
     float *row = malloc(sizeof(float) * sh->cols);
     if (!b->q || !b->s || !row) {

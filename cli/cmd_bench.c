@@ -14,11 +14,16 @@
 #include "commands.h"
 #include "cpu/roofline.h"
 #include "engine.h"
+#include "model/model.h"
 #include "rng.h"
 
 /* A long prompt goes to cmamba_forward in pieces of this many tokens, for
  * the progress lines: the state carries over, so the result is the same. */
 enum { PIECE = 65536 };
+
+/* The read buffer of the bandwidth passes (8 times this machine's last
+ * level cache), and at most this many bursts of decoding steps. */
+enum { READ_MIB = 256, MAX_BURSTS = 4096 };
 
 static const char *usage =
     "usage: cmamba bench --model DIR [--prompt P] [--gen G] [--batch N] [--threads T]\n"
@@ -77,6 +82,18 @@ static void parse(int argc, char **argv, options *o) {
 #undef VALUE
     }
     if (!o->model_dir) die_usage("bench", "--model is required");
+}
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* sorts v */
+static double median(double *v, long n) {
+    if (n < 1) return 0;
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 static int argmax(const float *v, int n) {
@@ -151,8 +168,13 @@ int cmd_bench(int argc, char **argv) {
     const double wbytes = o.cuda ? cli_engine_step_bytes(eng)
                                  : (double)cmamba_model_weight_bytes(m) +
                                        4.0 * c->n_layer * c->d_inner * c->d_state;
-    double decode_tps = 0, decode_frac = 0, decode_s = 0;
-    const long timed = o.gen > 1 ? o.gen - 1 : o.gen; /* steps timed */
+    double decode_tps = 0, decode_frac = 0, decode_s = 0, decode_rate = 0;
+    /* steps timed: all but the first (with --gen 1, one more step is run) */
+    const long timed = o.gen > 1 ? o.gen - 1 : o.gen;
+    cm_roofline roof = {0};
+    double rss = 0, bw_lo = 0, bw_hi = 0;
+    long bursts = 0;
+    int mapped = 0;
     if (o.gen) {
         int first = argmax(logits, V);
         for (int i = 0; i < B; i++) {
@@ -161,22 +183,65 @@ int cmd_bench(int argc, char **argv) {
         }
         if (!o.quiet) fprintf(stderr, "bench: generating %ld tokens x %d sequences\n", o.gen, B);
         /* greedy; the first step is not timed (on the GPU it captures the step's graph) */
-        double t0 = cli_now_s();
-        for (long g = 0; g < o.gen; g++) {
-            if (g == 1) t0 = cli_now_s();
-            if (cli_engine_step(eng, next, B, NULL, next, &err)) {
-                fprintf(stderr, "cmamba bench: %s\n", err.msg);
+        if (cli_engine_step(eng, next, B, NULL, next, &err)) {
+            fprintf(stderr, "cmamba bench: %s\n", err.msg);
+            return 1;
+        }
+        /* every buffer of a step is allocated by now; before the read buffer counts */
+        rss = cli_peak_rss_mib() * 1048576.0;
+        /* On the CPU the steps go in bursts that read about as many bytes as
+         * one pass over the read buffer, each followed by such a pass: the
+         * bandwidth is measured in turns with the decoding, under the same
+         * load from the machine's other tenants, and both rates are the
+         * median over the bursts. */
+        const size_t read_bytes = (size_t)READ_MIB << 20;
+        cm_read_buffer rb = {0};
+        long burst = timed;
+        if (!o.cuda) {
+            /* the buffer in pages of the kind the weights are in */
+            mapped = cm_model_head_mapped(m);
+            if (cm_read_buffer_new(&rb, read_bytes, !mapped)) {
+                fprintf(stderr, "cmamba bench: out of memory for the bandwidth buffer\n");
                 return 1;
             }
+            burst = lround((double)read_bytes / wbytes);
+            if (burst < 1) burst = 1;
+            if (timed / burst > MAX_BURSTS) burst = (timed + MAX_BURSTS - 1) / MAX_BURSTS;
         }
-        decode_s = cli_now_s() - t0;
-        decode_tps = (double)timed * B / decode_s;
+        const long n_bursts = timed > 0 ? (timed + burst - 1) / burst : 0;
+        double *rate = malloc(sizeof(double) * 2 * (size_t)(n_bursts + 1)), *bw = rate + n_bursts + 1;
+        if (!rate) {
+            fprintf(stderr, "cmamba bench: out of memory\n");
+            return 1;
+        }
+        for (long g = 0; g < timed; g += burst) {
+            const long steps = timed - g < burst ? timed - g : burst;
+            const double t0 = cli_now_s();
+            for (long k = 0; k < steps; k++)
+                if (cli_engine_step(eng, next, B, NULL, next, &err)) {
+                    fprintf(stderr, "cmamba bench: %s\n", err.msg);
+                    return 1;
+                }
+            const double dt = cli_now_s() - t0;
+            decode_s += dt;
+            rate[bursts] = (double)steps * wbytes / dt;
+            if (!o.cuda) bw[bursts] = cm_read_buffer_pass(&rb);
+            bursts++;
+        }
+        cm_read_buffer_free(&rb);
+        decode_tps = decode_s > 0 ? (double)timed * B / decode_s : 0;
+        decode_rate = median(rate, bursts);
+        if (!o.cuda && bursts) {
+            roof.read_bytes_per_s = median(bw, bursts);
+            bw_lo = bw[0];
+            bw_hi = bw[bursts - 1]; /* sorted by median() */
+        }
+        free(rate);
+    } else {
+        rss = cli_peak_rss_mib() * 1048576.0;
     }
-    /* before the roofline's buffer counts towards the peak */
-    const double rss = cli_peak_rss_mib() * 1048576.0;
 
-    cm_roofline roof = {0};
-    if (!o.quiet) fprintf(stderr, "bench: measuring memory bandwidth%s...\n", o.cuda ? "" : " and FMA peak");
+    if (!o.quiet) fprintf(stderr, "bench: measuring %s...\n", o.cuda ? "copy bandwidth" : "FMA peak");
     if (o.cuda) {
         /* decoding reads the weights only; a copy's figure counts reads and writes */
         if (cli_engine_copy_bandwidth(eng, &roof.read_bytes_per_s, &err)) {
@@ -185,12 +250,22 @@ int cmd_bench(int argc, char **argv) {
         }
         printf("device: %s, copy bandwidth %.1f GB/s (read + write)\n", cli_engine_name(eng),
                roof.read_bytes_per_s / 1e9);
-    } else if (cm_roofline_measure(&roof, (size_t)512 << 20, 5)) {
-        fprintf(stderr, "cmamba bench: out of memory for the bandwidth buffer\n");
-        return 1;
     } else {
-        printf("machine: %d threads, read bandwidth %.1f GB/s, fp32 FMA peak %.1f GFLOP/s (%s)\n",
-               roof.threads, roof.read_bytes_per_s / 1e9, roof.fma_flops_per_s / 1e9, roof.isa);
+        /* without decoding to interleave with, the best of five passes */
+        const double bw_interleaved = roof.read_bytes_per_s;
+        if (cm_roofline_measure(&roof, bursts ? 0 : (size_t)READ_MIB << 20, 5)) {
+            fprintf(stderr, "cmamba bench: out of memory for the bandwidth buffer\n");
+            return 1;
+        }
+        if (bursts) roof.read_bytes_per_s = bw_interleaved;
+        printf("machine: %d threads, fp32 FMA peak %.1f GFLOP/s (%s), read bandwidth %.1f GB/s ",
+               roof.threads, roof.fma_flops_per_s / 1e9, roof.isa, roof.read_bytes_per_s / 1e9);
+        if (bursts)
+            printf("(median of %ld passes taken in turns with the decoding, range %.1f-%.1f; "
+                   "buffer in %s pages, as the weights)\n",
+                   bursts, bw_lo / 1e9, bw_hi / 1e9, mapped ? "4 KiB" : "huge");
+        else
+            printf("(best of 5 passes)\n");
     }
     if (o.prompt && o.cuda) {
         printf("prefill: %zu tokens in %.3f s: %.1f tokens/s, %.1f TFLOP/s\n", n_prompt, prefill_s,
@@ -203,10 +278,11 @@ int cmd_bench(int argc, char **argv) {
     }
     if (o.gen) {
         const double steps_per_s = (double)timed / decode_s;
-        decode_frac = steps_per_s * wbytes / roof.read_bytes_per_s;
+        decode_frac = decode_rate / roof.read_bytes_per_s;
         printf("generate: %ld tokens x %d sequences in %.3f s: %.1f tokens/s (%.1f steps/s); "
-               "%.1f MB of weights per step stream at %.1f GB/s = %.1f%% of the %s bandwidth\n",
-               timed, B, decode_s, decode_tps, steps_per_s, wbytes / 1e6, steps_per_s * wbytes / 1e9,
+               "%.1f MB of weights per step stream at %.1f GB/s (median of %ld bursts) = %.1f%% of "
+               "the %s bandwidth\n",
+               timed, B, decode_s, decode_tps, steps_per_s, wbytes / 1e6, decode_rate / 1e9, bursts,
                100 * decode_frac, o.cuda ? "copy" : "read");
     }
     printf("peak RSS: %.1f MiB (before the bandwidth measurement)\n", rss / 1048576.0);
@@ -226,6 +302,8 @@ int cmd_bench(int argc, char **argv) {
         cJSON_AddNumberToObject(j, "weight_bytes", wbytes);
         cJSON_AddNumberToObject(j, "peak_rss_bytes", rss);
         cJSON_AddNumberToObject(j, "memory_read_bytes_per_s", roof.read_bytes_per_s);
+        cJSON_AddNumberToObject(j, "decode_weight_bytes_per_s", decode_rate);
+        cJSON_AddNumberToObject(j, "decode_bursts", (double)bursts);
         cJSON_AddNumberToObject(j, "fma_flops_per_s", roof.fma_flops_per_s);
         cJSON_AddNumberToObject(j, "load_s", load_s);
         char *s = cJSON_PrintUnformatted(j);

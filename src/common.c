@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -32,6 +33,16 @@ void *cm_malloc(size_t n, cmamba_error *err) {
 void *cm_calloc(size_t count, size_t size, cmamba_error *err) {
     void *p = calloc(count ? count : 1, size ? size : 1);
     if (!p) cm_fail(err, "out of memory allocating %zu x %zu bytes", count, size);
+    return p;
+}
+
+void *cm_alloc_stream(size_t bytes) {
+    enum { HUGE = 2 << 20, LINE = 64 };
+    const size_t align = bytes >= HUGE ? HUGE : LINE, n = (bytes + align) / align * align;
+    void *p = aligned_alloc(align, n);
+#ifdef MADV_HUGEPAGE
+    if (p && align == HUGE) madvise(p, n, MADV_HUGEPAGE); /* advice: failure is harmless */
+#endif
     return p;
 }
 

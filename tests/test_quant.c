@@ -8,7 +8,10 @@
  * than plain |m|/7 (but for fp16's rounding of it). The documented byte
  * layout is checked position by position.
  *
- * Products are compared with cm_linear_ref on the decoded weights.
+ * Products are compared with cm_linear_ref on the decoded weights, for one
+ * row and for several (the kernels' forms for up to CM_GEMV_MAX_N inputs
+ * sharing each weight read, and groups of them), also a row range on one
+ * thread (cm_matmul_rows).
  * Many rows (sgemm on decoded tiles) and the f32/bf16 GEMV kernels work in
  * fp32: max |Δ| / max |ref| ≤ 1e-5. The q8/q4 GEMV kernels (up to
  * cm_matrix_gemv_rows rows) round the input to int8 per block of 32: each output
@@ -239,6 +242,32 @@ static void test_strided(cm_wtype t, int L) {
     free(Wf); free(in); free(packed); free(a); free(b); free(ref); free(q); free(s);
 }
 
+/* cm_matmul_rows: two ranges of rows on the calling thread, the same bits as
+ * those rows of the whole product (the same kernels), written into an
+ * output of a wider stride, nothing outside them */
+static void test_row_range(cm_wtype t, int L) {
+    enum { ROWS = 300, COLS = 300, LD_OUT = 310, R0 = 37, R1 = 211, R2 = 250, R3 = 251 };
+    float *Wf = rnd(ROWS * COLS, -1, 1), *in = rnd((size_t)L * COLS, -1, 1),
+          *b = rnd(ROWS, -1, 1), *full = malloc(sizeof(float) * L * ROWS),
+          *part = rnd((size_t)L * LD_OUT, 0, 0);
+    void *q;
+    uint16_t *s;
+    const cm_matrix W = encode(t, ROWS, COLS, Wf, &q, &s);
+    cm_matmul(full, in, &W, b, L);
+    static const int ranges[] = {R0, R1, R2, R3};
+    CHECK(cm_matmul_rows(part, LD_OUT, in, COLS, &W, b, L, ranges, 2) == 0);
+    int same = 1;
+    for (int i = 0; i < L; i++)
+        for (int r = 0; r < LD_OUT; r++) {
+            const float v = part[(size_t)i * LD_OUT + r];
+            same &= (r >= R0 && r < R1) || (r >= R2 && r < R3) ? v == full[(size_t)i * ROWS + r]
+                                                               : v == 0.0f;
+        }
+    CHECK_MSG(same, "%s rows [%d, %d) and [%d, %d) of %d inputs differ from the whole product",
+              cm_wtype_name(t), R0, R1, R2, R3, L);
+    free(Wf); free(in); free(b); free(full); free(part); free(q); free(s);
+}
+
 /* ---- whole models -------------------------------------------------------- */
 
 /* A small random model (d_model 64, dt_rank 4: every matrix has a short
@@ -335,7 +364,9 @@ int main(void) {
     static const int shapes[][2] = {{1536, 48}, {80, 1536}, {1003, 768}, {64, 1003}, {7, 33},
                                     {130, 7},   {37, 300},  {200, 320},  {3, 1},     {5000, 64},
                                     {640, 160}};
-    static const int Ls[] = {1, 3, 65}; /* 65: past every format's GEMV rows */
+    /* 3, 8: one product of several inputs; 11: 8 + 3; 65: past every
+     * format's GEMV rows */
+    static const int Ls[] = {1, 3, 8, 11, 65};
     for (int isa = 0; isa < CM_ISA_COUNT; isa++) {
         if (!cm_isa_supported((cm_isa)isa)) {
             printf("%s: not supported by this CPU, skipped\n", cm_isa_name((cm_isa)isa));
@@ -348,6 +379,7 @@ int main(void) {
                     test_matmul((cm_wtype)t, shapes[i][0], shapes[i][1], Ls[l], (int)(i + l) % 2,
                                 1 + (int)(i % 2));
             test_strided((cm_wtype)t, 5);
+            for (int L = 1; L <= 11; L += 5) test_row_range((cm_wtype)t, L);
             test_strided((cm_wtype)t, 65);
             printf("%-6s %-4s  max|d|/max|ref|: GEMV %.2e, with an outlier input %.2e (%s); "
                    "sgemm %.2e (tol %.0e)\n", cm_isa_name((cm_isa)isa), cm_wtype_name((cm_wtype)t),

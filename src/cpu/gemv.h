@@ -18,15 +18,22 @@ typedef struct {
     const int32_t *nsum;
 } cm_xquant;
 
+/* A product of W with n ≤ CM_GEMV_MAX_N inputs, which share each read of
+ * a weight row. */
+enum { CM_GEMV_MAX_N = 8 };
+
 typedef struct {
     const cm_matrix *W;
-    const float *x;       /* f32 and bf16 */
-    const cm_xquant *xq;  /* q8 and q4 */
+    int n;
+    const float *x;       /* f32 and bf16: input i at x + i·ld_x */
+    int ld_x;
+    const cm_xquant *xq;  /* q8 and q4: n quantised inputs */
     const float *b;       /* NULL: no bias */
-    float *out;
+    float *out;           /* output i at out + i·ld_out */
+    int ld_out;
 } cm_gemv_args;
 
-/* out[r] = W[r]·x + b[r] for r in [r0, r1). */
+/* out_i[r] = W[r]·x_i + b[r] for r in [r0, r1), i < n. */
 typedef void cm_gemv_fn(const cm_gemv_args *a, int r0, int r1);
 cm_gemv_fn cm_gemv_scalar, cm_gemv_avx2, cm_gemv_avx512;
 

@@ -117,5 +117,46 @@ static inline void dot_q4(const uint8_t *w, const int8_t *x, vf *lo, vf *hi) {
     }
 }
 
+/* several inputs per weight read: gemv_x86.h's forms, as plain loops */
+typedef struct {
+    int16_t v[32];
+} vq;
+typedef struct {
+    int32_t v[8];
+} vi;
+
+static inline vi vi_zero(void) { return (vi){{0}}; }
+
+static inline vi vi_add(vi a, vi b) {
+    for (int l = 0; l < 8; l++) a.v[l] += b.v[l];
+    return a;
+}
+
+static inline vf vi_to_vf(vi a) {
+    vf r;
+    for (int l = 0; l < 8; l++) r.v[l] = (float)a.v[l];
+    return r;
+}
+
+static inline vq prep_chunk(const uint8_t *w, int c, int q4) {
+    vq u;
+    for (int i = 0; i < 32; i++)
+        u.v[i] = q4 ? (w[32 * (c / 2) + i] >> 4 * (c % 2)) & 15 : (int8_t)w[32 * c + i];
+    return u;
+}
+
+static inline vi vi_bias(const int32_t *ns, int q4) {
+    vi r;
+    for (int l = 0; l < 8; l++) r.v[l] = q4 ? 8 * ns[l] : 0;
+    return r;
+}
+
+static inline vi dot_prep(vi acc, vq u, const int8_t *x, int q4) {
+    (void)q4;
+    for (int l = 0; l < 8; l++)
+        for (int k = 4 * l; k < 4 * l + 4; k++) acc.v[l] += u.v[k] * x[k];
+    return acc;
+}
+
 #define CM_GEMV_NAME cm_gemv_scalar
 #include "cpu/gemv_kernel.h"

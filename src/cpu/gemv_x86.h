@@ -139,6 +139,54 @@ static inline vf dot_super_q4(const uint8_t *w, const int8_t *x, const int32_t *
 }
 #endif
 
+/* ---- several inputs per weight read (gemv_kernel.h's rows_quant_n) ----
+ * Each 32-byte chunk of a superblock is prepared once (prep_chunk), then
+ * dotted with every input. */
+typedef __m256i vq; /* a prepared chunk */
+typedef __m256i vi; /* 8 int32 lanes */
+
+static inline vi vi_zero(void) { return _mm256_setzero_si256(); }
+static inline vi vi_add(vi a, vi b) { return _mm256_add_epi32(a, b); }
+static inline vf vi_to_vf(vi a) { return _mm256_cvtepi32_ps(a); }
+
+/* chunk c of a superblock, lined up with inputs 32c … 32c + 31: q8 as
+ * stored (VNNI: + 128, the unsigned operand); q4 the low (c even) or the
+ * high (c odd) nibbles of bytes 32·(c/2) …, 0..15 (q + 8) */
+static inline vq prep_chunk(const uint8_t *w, int c, int q4) {
+    if (q4) {
+        const __m256i y = load32(w + 32 * (c / 2)), m = _mm256_set1_epi8(15);
+        return _mm256_and_si256(c % 2 ? _mm256_srli_epi16(y, 4) : y, m);
+    }
+#if CM_GEMV_VNNI
+    return _mm256_xor_si256(load32(w + 32 * c), _mm256_set1_epi8(-128));
+#else
+    return load32(w + 32 * c);
+#endif
+}
+
+/* what the biased weights add to each block's sum, removed up front:
+ * k·(−Σx) for weights stored as w + k */
+static inline vi vi_bias(const int32_t *ns, int q4) {
+#if CM_GEMV_VNNI
+    return _mm256_slli_epi32(load32(ns), q4 ? 3 : 7);
+#else
+    return q4 ? _mm256_slli_epi32(load32(ns), 3) : _mm256_setzero_si256();
+#endif
+}
+
+/* acc + lane l's Σ of the products of bytes 4l..4l+3 of a prepared chunk
+ * and 32 inputs */
+static inline vi dot_prep(vi acc, vq u, const int8_t *x, int q4) {
+#if CM_GEMV_VNNI
+    (void)q4;
+    return _mm256_dpbusd_epi32(acc, u, load32(x));
+#else
+    const __m256i p = q4 ? _mm256_maddubs_epi16(u, load32(x))
+                         : _mm256_maddubs_epi16(_mm256_abs_epi8(u), _mm256_sign_epi8(load32(x), u));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+#endif
+}
+
 /* nibbles (0..15) · x: a pair is at most 2·15·128 */
 static inline void dot_q4(const uint8_t *w, const int8_t *x, vf *lo, vf *hi) {
     const __m256i y = load32(w), m = _mm256_set1_epi8(15);

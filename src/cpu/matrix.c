@@ -14,6 +14,7 @@
 #include <cblas.h>
 #include <float.h>
 #include <math.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +28,7 @@ enum {
     GEMV_ROWS = 64,      /* rows of W per GEMV task */
     GEMM_ROWS = 128,     /* rows of W per sgemm tile ... */
     GEMM_COLS = CM_QSUPER, /* ... and columns decoded at a time: 128 KiB of fp32 */
-    XQ_STACK_COLS = 8192 /* inputs quantised on the stack up to this length */
+    XQ_STACK_COLS = CM_GEMV_STACK_COLS
 };
 
 static const char *const wtype_names[CM_WT_COUNT] = {"f32", "bf16", "q8", "q4"};
@@ -354,38 +355,77 @@ static void quantize_input(const float *x, int cols, int nblk, int8_t *q, float 
     }
 }
 
-/* The L == 1 product through the active GEMV kernel; -1 (nothing done)
- * when a long input finds no memory to be quantised into. */
-static int gemv(float *out, const float *x, const cm_matrix *W, const float *b) {
-    cm_gemv_fn *kernel = gemv_kernel(cm_isa_active());
-    cm_gemv_args a = {.W = W, .x = x, .b = b, .out = out};
-    _Alignas(64) int8_t q_stack[XQ_STACK_COLS];
-    float s_stack[XQ_STACK_COLS / CM_QBLOCK];
-    int32_t u_stack[XQ_STACK_COLS / CM_QBLOCK];
-    void *heap = NULL;
-    cm_xquant xq;
-    if (quantised(W->type)) {
-        const int P = cm_matrix_stored_cols(W->type, W->cols), nblk = P / CM_QBLOCK;
-        int8_t *q = q_stack;
-        float *s = s_stack;
-        int32_t *u = u_stack;
+/* The inputs of a product by the GEMV kernels: n ≤ CM_GEMV_MAX_N rows of
+ * `in`, quantised for q8/q4 (on the stack up to XQ_STACK_COLS columns,
+ * else on the heap). */
+typedef struct {
+    cm_gemv_args a;
+    cm_xquant xq[CM_GEMV_MAX_N];
+    _Alignas(64) int8_t q_stack[CM_GEMV_MAX_N][XQ_STACK_COLS];
+    float s_stack[CM_GEMV_MAX_N][XQ_STACK_COLS / CM_QBLOCK];
+    int32_t u_stack[CM_GEMV_MAX_N][XQ_STACK_COLS / CM_QBLOCK];
+    void *heap;
+} gemv_inputs;
+
+/* -1 when a long input finds no memory to be quantised into */
+static int gemv_prepare(gemv_inputs *g, float *out, const float *in, int ld_in, const cm_matrix *W,
+                        const float *b, int n) {
+    g->a = (cm_gemv_args){.W = W, .n = n, .x = in, .ld_x = ld_in, .xq = g->xq, .b = b,
+                          .out = out, .ld_out = W->rows};
+    g->heap = NULL;
+    if (!quantised(W->type)) return 0;
+    const int P = cm_matrix_stored_cols(W->type, W->cols), nblk = P / CM_QBLOCK;
+    for (int i = 0; i < n; i++) {
+        int8_t *q = g->q_stack[i];
+        float *s = g->s_stack[i];
+        int32_t *u = g->u_stack[i];
         if (P > XQ_STACK_COLS) {
-            if (!(heap = malloc((size_t)P + (sizeof *s + sizeof *u) * nblk))) return -1;
-            s = heap;
-            u = (int32_t *)(s + nblk);
-            q = (int8_t *)(u + nblk);
+            if (!g->heap && !(g->heap = malloc(((size_t)P + (sizeof *s + sizeof *u) * nblk) * n)))
+                return -1;
+            s = (float *)g->heap + (size_t)i * nblk;
+            u = (int32_t *)((float *)g->heap + (size_t)n * nblk) + (size_t)i * nblk;
+            q = (int8_t *)((float *)g->heap + (size_t)2 * n * nblk) + (size_t)i * P;
         }
-        quantize_input(x, W->cols, nblk, q, s, u);
-        xq = (cm_xquant){.q = q, .scale = s, .nsum = u};
-        a.xq = &xq;
+        quantize_input(in + (size_t)i * ld_in, W->cols, nblk, q, s, u);
+        g->xq[i] = (cm_xquant){.q = q, .scale = s, .nsum = u};
     }
-    const int tasks = (W->rows + GEMV_ROWS - 1) / GEMV_ROWS;
-#pragma omp parallel for schedule(static) if (parallel_worth((long)W->rows * W->cols, tasks))
+    return 0;
+}
+
+/* Rows of W per GEMV task: 64, or fewer for a matrix of few rows, so that
+ * every thread gets about as many (x_proj's 80 rows: 8 tasks of 10). */
+static int gemv_task_rows(int rows) {
+    const int tasks_min = 4 * omp_get_max_threads();
+    return rows >= GEMV_ROWS * tasks_min ? GEMV_ROWS : (rows + tasks_min - 1) / tasks_min;
+}
+
+/* n ≤ CM_GEMV_MAX_N rows through the active GEMV kernel, the threads
+ * sharing W's rows; -1 (nothing done) as gemv_prepare. */
+static int gemv(float *out, const float *in, int ld_in, const cm_matrix *W, const float *b, int n) {
+    cm_gemv_fn *kernel = gemv_kernel(cm_isa_active());
+    gemv_inputs g;
+    if (gemv_prepare(&g, out, in, ld_in, W, b, n)) return -1;
+    const int per = gemv_task_rows(W->rows), tasks = (W->rows + per - 1) / per;
+#pragma omp parallel for schedule(static) if (parallel_worth((long)n * W->rows * W->cols, tasks))
     for (int j = 0; j < tasks; j++) {
-        const int r0 = j * GEMV_ROWS;
-        kernel(&a, r0, W->rows - r0 < GEMV_ROWS ? W->rows : r0 + GEMV_ROWS);
+        const int r0 = j * per;
+        kernel(&g.a, r0, W->rows - r0 < per ? W->rows : r0 + per);
     }
-    free(heap);
+    free(g.heap);
+    return 0;
+}
+
+int cm_matmul_rows(float *out, int ld_out, const float *in, int ld_in, const cm_matrix *W,
+                   const float *b, int L, const int *ranges, int n_ranges) {
+    if (quantised(W->type) && cm_matrix_stored_cols(W->type, W->cols) > XQ_STACK_COLS) return -1;
+    cm_gemv_fn *kernel = gemv_kernel(cm_isa_active());
+    for (int t = 0; t < L; t += CM_GEMV_MAX_N) {
+        const int n = L - t < CM_GEMV_MAX_N ? L - t : CM_GEMV_MAX_N;
+        gemv_inputs g;
+        gemv_prepare(&g, out + (size_t)t * ld_out, in + (size_t)t * ld_in, ld_in, W, b, n);
+        g.a.ld_out = ld_out;
+        for (int k = 0; k < n_ranges; k++) kernel(&g.a, ranges[2 * k], ranges[2 * k + 1]);
+    }
     return 0;
 }
 
@@ -422,8 +462,11 @@ void cm_matmul_strided(float *out, const float *in, int ld_in, const cm_matrix *
     if (L < 1) return;
     if (L <= cm_matrix_gemv_rows(W->type)) {
         int t = 0;
-        while (t < L && gemv(out + (size_t)t * W->rows, in + (size_t)t * ld_in, W, b) == 0) t++;
-        if (t == L) return;
+        for (int n; t < L; t += n) {
+            n = L - t < CM_GEMV_MAX_N ? L - t : CM_GEMV_MAX_N;
+            if (gemv(out + (size_t)t * W->rows, in + (size_t)t * ld_in, ld_in, W, b, n)) break;
+        }
+        if (t >= L) return;
     }
     /* a contiguous f32 input: src/cpu/linear.c's tiles, as before formats */
     if (W->type == CM_WT_F32 && ld_in == W->cols)
@@ -432,13 +475,11 @@ void cm_matmul_strided(float *out, const float *in, int ld_in, const cm_matrix *
         gemm(out, in, ld_in, W, b, L);
 }
 
-/* A few rows (a batch of sequences decoding together) take one streaming
- * product each, the later ones finding a layer's W in the cache, when that
- * costs less than decoding W to fp32 for sgemm: never for f32 (used in
- * place), up to 8 rows of bf16 (a shift to decode; at 4 rows 1.8 times
- * faster by GEMV, at 48 1.6 times slower), up to 64 of q8 and q4 (at 16
- * rows 2.6 times faster by GEMV). Measured with mamba-130m. */
-int cm_matrix_gemv_rows(cm_wtype t) { return t == CM_WT_F32 ? 1 : t == CM_WT_BF16 ? 8 : 64; }
+/* A few rows (a batch of sequences decoding together) go through the GEMV
+ * kernels CM_GEMV_MAX_N at a time, sharing each read of W, when that costs
+ * less than sgemm (on W decoded to fp32 but for f32): up to 16 rows for
+ * f32 and bf16, 64 for q8 and q4. Measured with mamba-130m. */
+int cm_matrix_gemv_rows(cm_wtype t) { return t == CM_WT_F32 || t == CM_WT_BF16 ? 16 : 64; }
 
 void cm_matmul(float *out, const float *in, const cm_matrix *W, const float *b, int L) {
     cm_matmul_strided(out, in, W->cols, W, b, L);

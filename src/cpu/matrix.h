@@ -83,6 +83,16 @@ void cm_matmul(float *out, const float *in, const cm_matrix *W, const float *b, 
 void cm_matmul_strided(float *out, const float *in, int ld_in, const cm_matrix *W,
                        const float *b, int L);
 
+/* Row ranges [r0, r1) of the product above (n_ranges pairs r0, r1 in
+ * `ranges`; out row t at out + t·ld_out), by the GEMV kernels on the
+ * calling thread alone, for a caller that shares out a step's work among
+ * its threads itself: any L, and for q8/q4 up to CM_GEMV_STACK_COLS
+ * columns (the input is quantised once, on the stack); -1 (nothing done)
+ * past that. */
+enum { CM_GEMV_STACK_COLS = 8192 };
+int cm_matmul_rows(float *out, int ld_out, const float *in, int ld_in, const cm_matrix *W,
+                   const float *b, int L, const int *ranges, int n_ranges);
+
 /* The kernels' instruction sets. The best one the CPU has is chosen once,
  * at the first product; the environment variable CMAMBA_ISA (scalar, avx2
  * or avx512) caps it. avx2 needs AVX2 and FMA (and F16C, which every CPU with

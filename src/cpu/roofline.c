@@ -8,6 +8,8 @@
 #include <omp.h>
 #include <stdlib.h>
 
+#include "common.h"
+
 enum { CHAINS = 12 }; /* independent FMA chains: > latency (4) × FMA ports (2) */
 static const long FMA_ITERS = 20000000;
 
@@ -86,40 +88,59 @@ static float read_scalar(const float *p, size_t n) {
     return s[0] + s[1] + s[2] + s[3];
 }
 
+int cm_read_buffer_new(cm_read_buffer *b, size_t bytes, int huge) {
+    b->n = bytes / sizeof(float);
+    b->p = huge ? cm_alloc_stream(b->n * sizeof(float)) : aligned_alloc(64, b->n * sizeof(float));
+    if (!b->p) return -1;
+#pragma omp parallel
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const size_t lo = b->n * t / nt, hi = b->n * (t + 1) / nt;
+        for (size_t i = lo; i < hi; i++) b->p[i] = 1.0f;
+    }
+    return 0;
+}
+
+void cm_read_buffer_free(cm_read_buffer *b) {
+    free(b->p);
+    b->p = NULL;
+}
+
+double cm_read_buffer_pass(const cm_read_buffer *b) {
+    static volatile float sink;
+    const int avx512 = __builtin_cpu_supports("avx512f");
+    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    float sum = 0;
+    const double t0 = omp_get_wtime();
+#pragma omp parallel reduction(+ : sum)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const size_t lo = b->n * t / nt, hi = b->n * (t + 1) / nt;
+        const float *p = b->p + lo;
+        sum += avx512 ? read_avx512(p, hi - lo) : avx2 ? read_avx2(p, hi - lo) : read_scalar(p, hi - lo);
+    }
+    const double dt = omp_get_wtime() - t0;
+    sink += sum;
+    return (double)b->n * sizeof(float) / dt;
+}
+
 int cm_roofline_measure(cm_roofline *r, size_t buffer_bytes, int reps) {
     const int avx512 = __builtin_cpu_supports("avx512f");
     const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     const int lanes = avx512 ? 16 : avx2 ? 8 : 1;
-    const size_t n = buffer_bytes / sizeof(float);
-    float *buf = malloc(n * sizeof(float));
-    if (!buf) return -1;
     r->isa = avx512 ? "AVX-512" : avx2 ? "AVX2+FMA" : "scalar";
     r->threads = omp_get_max_threads();
     r->read_bytes_per_s = r->fma_flops_per_s = 0;
     volatile float sink = 0;
-
-    /* every thread first-touches the slice it will read */
-#pragma omp parallel
-    {
-        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        const size_t lo = n * t / nt, hi = n * (t + 1) / nt;
-        for (size_t i = lo; i < hi; i++) buf[i] = 1.0f;
-    }
-    for (int rep = 0; rep < reps; rep++) {
-        float sum = 0;
-        const double t0 = omp_get_wtime();
-#pragma omp parallel reduction(+ : sum)
-        {
-            const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-            const size_t lo = n * t / nt, hi = n * (t + 1) / nt;
-            sum += avx512 ? read_avx512(buf + lo, hi - lo)
-                          : avx2 ? read_avx2(buf + lo, hi - lo) : read_scalar(buf + lo, hi - lo);
+    if (buffer_bytes) {
+        cm_read_buffer buf;
+        if (cm_read_buffer_new(&buf, buffer_bytes, 1)) return -1;
+        for (int rep = 0; rep < reps; rep++) {
+            const double rate = cm_read_buffer_pass(&buf);
+            if (rate > r->read_bytes_per_s) r->read_bytes_per_s = rate;
         }
-        const double dt = omp_get_wtime() - t0, rate = (double)n * sizeof(float) / dt;
-        sink += sum;
-        if (rate > r->read_bytes_per_s) r->read_bytes_per_s = rate;
+        cm_read_buffer_free(&buf);
     }
-    free(buf);
 
     const long iters = avx512 ? FMA_ITERS : avx2 ? 2 * FMA_ITERS : FMA_ITERS / 4;
     for (int rep = 0; rep < reps; rep++) {

@@ -18,9 +18,27 @@ typedef struct {
 } cm_roofline;
 
 /* Measures both with the current OpenMP thread count: reads of a
- * buffer_bytes buffer (best of `reps`), FMA chains for about 0.1 s each rep.
- * Returns -1 if the buffer cannot be allocated. */
+ * buffer_bytes buffer in huge pages (best of `reps`; buffer_bytes 0 skips
+ * them), FMA
+ * chains for about 0.1 s each rep. Returns -1 if the buffer cannot be
+ * allocated. */
 int cm_roofline_measure(cm_roofline *r, size_t buffer_bytes, int reps);
+
+/* The read bandwidth a pass at a time, for measurements taken in turns with
+ * other work (`cmamba bench` alternates them with decoding steps, so that
+ * both see the same state of a shared machine): a buffer whose slices are
+ * first touched by the threads that will read them, in huge pages
+ * (cm_alloc_stream) or in plain 4 KiB ones (huge = 0: as weights mapped
+ * from a file are), and one pass reading all of it with every thread,
+ * returning bytes per second. */
+typedef struct {
+    float *p;
+    size_t n; /* floats */
+} cm_read_buffer;
+
+int cm_read_buffer_new(cm_read_buffer *b, size_t bytes, int huge); /* -1: out of memory */
+double cm_read_buffer_pass(const cm_read_buffer *b);
+void cm_read_buffer_free(cm_read_buffer *b);
 
 /* The model FLOPs of one token through every layer's projections (2 per
  * weight: in_proj, x_proj, dt_proj, out_proj), the figure prefill and

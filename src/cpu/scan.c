@@ -124,50 +124,78 @@ static void scan_block(const cm_scan_args *a, int c0, int nc, float *hT, const f
     }
 }
 
-/* Σ of the CB lanes of p as a tree of halves in registers (GCC's vector
- * extensions: a permute and an add a level); a tree of loads and stores
- * through memory stalls on store forwarding at every level. */
+/* y[c] = Σ_l p[c][l] for the CB rows of p, each as a tree of halves
+ * (lanes l and l + 8, then l + 4, l + 2, l + 1), taken for all the rows at
+ * once: each level adds the two halves of every row's partial sums and
+ * packs two rows' results into one vector, so that 15 pairs of permutes and
+ * adds leave the CB sums in one vector (GCC's vector extensions), in
+ * place of a tree of permutes per row. */
 typedef float lanes_v __attribute__((vector_size(CB * sizeof(float))));
 typedef int lanes_i __attribute__((vector_size(CB * sizeof(int))));
-static inline float lane_sum(const float *p) {
-    lanes_v v;
-    memcpy(&v, p, sizeof v);
-    v += __builtin_shuffle(v, (lanes_i){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
-    v += __builtin_shuffle(v, (lanes_i){4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3});
-    v += __builtin_shuffle(v, (lanes_i){2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1});
-    v += __builtin_shuffle(v, (lanes_i){1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0});
-    return v[0];
+static inline void sum_rows(const float p[CB][CB], float *y) {
+    lanes_v v[CB];
+    for (int c = 0; c < CB; c++) memcpy(&v[c], p[c], sizeof v[c]);
+    static const lanes_i lo[4] = {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+                                  {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27},
+                                  {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29},
+                                  {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}};
+    static const lanes_i hi[4] = {{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
+                                  {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31},
+                                  {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31},
+                                  {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31}};
+    for (int level = 0, n = CB; level < 4; level++, n /= 2)
+        for (int k = 0; k < n / 2; k++)
+            v[k] = __builtin_shuffle(v[2 * k], v[2 * k + 1], lo[level]) +
+                   __builtin_shuffle(v[2 * k], v[2 * k + 1], hi[level]);
+    memcpy(y, &v[0], sizeof v[0]);
 }
 
-/* One step (L = 1: decoding). The state stays in its (d_inner, d_state)
- * layout, a channel's states CB at a time in one vector (zero-padded):
- * moving the whole state into lanes and back, as a prompt's blocks do,
- * would cost more than the step. */
+/* One step (L = 1: decoding) of channels [c0, c1). The state stays in its
+ * (d_inner, d_state) layout, a channel's states CB at a time in one vector
+ * (zero-padded): moving the whole state into lanes and back, as a prompt's
+ * blocks do, would cost more than the step. The sums over the state are
+ * then taken CB channels at a time (sum_rows), and the D skip and the gate
+ * as vectors over those channels. */
 CM_SIMD_CLONES
 static void scan_step(const cm_scan_args *a, int c0, int c1, float *h, float *y) {
     const int N = a->d_state;
-    for (int c = c0; c < c1; c++) {
-        const float dt = a->delta[c], x = a->x[c];
-        float acc = 0.0f;
-        for (int n0 = 0; n0 < N; n0 += CB) {
-            const int m = N - n0 < CB ? N - n0 : CB;
-            float hv[CB], Av[CB], Bv[CB], Cv[CB], p[CB];
-            load_lanes(hv, h + (size_t)c * N + n0, m);
-            load_lanes(Av, a->A + (size_t)c * N + n0, m);
-            load_lanes(Bv, a->B + n0, m);
-            load_lanes(Cv, a->C + n0, m);
+    for (int cb = c0; cb < c1; cb += CB) {
+        const int nc = c1 - cb < CB ? c1 - cb : CB;
+        float part[CB][CB] = {{0}}; /* row j: channel cb + j's products h·C, by lane */
+        for (int j = 0; j < nc; j++) {
+            const int c = cb + j;
+            const float dt = a->delta[c], x = a->x[c];
+            for (int n0 = 0; n0 < N; n0 += CB) {
+                const int m = N - n0 < CB ? N - n0 : CB;
+                float hv[CB], Av[CB], Bv[CB], Cv[CB];
+                load_lanes(hv, h + (size_t)c * N + n0, m);
+                load_lanes(Av, a->A + (size_t)c * N + n0, m);
+                load_lanes(Bv, a->B + n0, m);
+                load_lanes(Cv, a->C + n0, m);
 #pragma omp simd
-            for (int j = 0; j < CB; j++) {
-                hv[j] = cm_fast_expf(dt * Av[j]) * hv[j] + dt * Bv[j] * x;
-                p[j] = hv[j] * Cv[j];
+                for (int l = 0; l < CB; l++) {
+                    hv[l] = cm_fast_expf(dt * Av[l]) * hv[l] + dt * Bv[l] * x;
+                    part[j][l] += hv[l] * Cv[l];
+                }
+                memcpy(h + (size_t)c * N + n0, hv, sizeof(float) * m);
             }
-            memcpy(h + (size_t)c * N + n0, hv, sizeof(float) * m);
-            acc += lane_sum(p);
         }
-        if (a->D) acc += a->D[c] * x;
-        if (a->z) acc *= cm_silu(a->z[c]);
-        y[c] = acc;
+        float acc[CB], x[CB], D[CB] = {0}, z[CB] = {0};
+        sum_rows(part, acc);
+        load_lanes(x, a->x + cb, nc);
+        if (a->D) load_lanes(D, a->D + cb, nc);
+        if (a->z) load_lanes(z, a->z + cb, nc);
+#pragma omp simd
+        for (int l = 0; l < CB; l++) acc[l] += D[l] * x[l];
+        if (a->z)
+#pragma omp simd
+            for (int l = 0; l < CB; l++) acc[l] *= cm_silu(z[l]);
+        memcpy(y + cb, acc, sizeof(float) * nc);
     }
+}
+
+void cm_selective_scan_step(const cm_scan_args *a, float *h, float *y, int c0, int c1) {
+    scan_step(a, c0, c1, h, y);
 }
 
 void cm_selective_scan(const cm_scan_args *a, float *h, float *y) {

@@ -121,42 +121,94 @@ void cm_mixer_forward(const cmamba_config *cfg, const cm_layer *w, const float *
     cm_matmul(out, s->y, &w->out_proj_w, w->out_proj_b, L);
 }
 
-void cm_mixer_step(const cmamba_config *cfg, const cm_layer *w, const float *u, int n,
-                   cmamba_state *const *states, int layer, cm_block_scratch *s, float *out) {
+/* Steps 2-3 for channels [c0, c1) of sequence i, one token: the conv
+ * window is (state ++ x): dot it with the filter, slide it; then silu. */
+static void conv_step(const cmamba_config *cfg, const cm_layer *w, cm_block_scratch *s, int i,
+                      float *conv_state, int c0, int c1) {
     const int di = cfg->d_inner, K = cfg->d_conv;
+    const float *xz = s->xz + (size_t)i * 2 * di;
+    float *xc = s->xc + (size_t)i * di;
+    for (int c = c0; c < c1; c++) {
+        const float *wc = w->conv_w + (size_t)c * K;
+        float *prev = conv_state + (size_t)c * (K - 1);
+        const float x = xz[c];
+        float acc = w->conv_b ? w->conv_b[c] : 0.0f;
+        for (int k = 0; k < K - 1; k++) acc += wc[k] * prev[k];
+        acc += wc[K - 1] * x;
+        xc[c] = acc;
+        for (int k = 0; k + 1 < K - 1; k++) prev[k] = prev[k + 1];
+        if (K > 1) prev[K - 2] = x;
+    }
+    cm_silu_forward(xc + c0, xc + c0, (size_t)(c1 - c0));
+}
 
-    /* one row per sequence: the projections read their weights once for all */
-    cm_matmul(s->xz, u, &w->in_proj_w, w->in_proj_b, n);
+/* Steps 1-3 for one token of each of n sequences: channel c's conv needs
+ * rows c (x) and d_inner + c (z) of in_proj alone, so that each thread
+ * takes its channels through in_proj, the conv and silu in one region. */
+static void step_in_conv(const cmamba_config *cfg, const cm_layer *w, const float *u, int n,
+                         cmamba_state *const *states, int layer, cm_block_scratch *s) {
+    enum { PART = 256 }; /* channels per task */
+    const int di = cfg->d_inner, parts = (di + PART - 1) / PART;
+#pragma omp parallel for schedule(static) if (parts > 1 && (long)n * di * cfg->d_model > 50000)
+    for (int k = 0; k < parts; k++) {
+        const int c0 = k * PART, c1 = c0 + PART < di ? c0 + PART : di;
+        const int rows[4] = {c0, c1, di + c0, di + c1};
+        cm_matmul_rows(s->xz, 2 * di, u, cfg->d_model, &w->in_proj_w, w->in_proj_b, n, rows, 2);
+        for (int i = 0; i < n; i++) conv_step(cfg, w, s, i, cm_state_conv(states[i], layer), c0, c1);
+    }
+}
 
-    /* The conv window is (state ++ x): dot it with the filter, then slide it. */
-    for (int i = 0; i < n; i++) {
-        float *conv_state = cm_state_conv(states[i], layer);
-        const float *xz = s->xz + (size_t)i * 2 * di;
-        float *xc = s->xc + (size_t)i * di;
-        for (int c = 0; c < di; c++) {
-            const float *wc = w->conv_w + (size_t)c * K;
-            float *prev = conv_state + (size_t)c * (K - 1);
-            const float x = xz[c];
-            float acc = w->conv_b ? w->conv_b[c] : 0.0f;
-            for (int k = 0; k < K - 1; k++) acc += wc[k] * prev[k];
-            acc += wc[K - 1] * x;
-            xc[c] = acc;
-            if (K > 1) {
-                memmove(prev, prev + 1, sizeof(float) * (K - 2));
-                prev[K - 2] = x;
-            }
+/* Steps 5-6 of an S6 layer for one token of each of n sequences, given
+ * [δ | B | C]: channel c's Δ needs row c of dt_proj alone, and its scan
+ * Δ[c] alone, so that each thread takes its channels through dt_proj,
+ * softplus and the scan with no barrier between them (one parallel region
+ * where a region per operation left the threads waiting on each other). */
+static void step_delta_scan(const cmamba_config *cfg, const cm_layer *w, int n,
+                            cmamba_state *const *states, int layer, cm_block_scratch *s) {
+    enum { PART = 256 }; /* channels per task */
+    const int di = cfg->d_inner, R = cfg->dt_rank, N = cfg->d_state, dbc = R + 2 * N;
+    const int parts = (di + PART - 1) / PART;
+#pragma omp parallel for schedule(static) if (parts > 1 && (long)n * di * N >= 16384)
+    for (int k = 0; k < parts; k++) {
+        const int c0 = k * PART, c1 = c0 + PART < di ? c0 + PART : di;
+        const int rows[2] = {c0, c1};
+        cm_matmul_rows(s->delta, di, s->xdbc, dbc, &w->dt_proj_w, w->dt_proj_b, n, rows, 1);
+        for (int i = 0; i < n; i++) {
+            const size_t r = (size_t)i * di;
+            float *delta = s->delta + r;
+            cm_softplus_forward(delta + c0, delta + c0, (size_t)(c1 - c0));
+            const float *xdbc = s->xdbc + (size_t)i * dbc;
+            const cm_scan_args a = {
+                .L = 1, .d_inner = di, .d_state = N, .x = s->xc + r, .delta = delta, .A = w->A,
+                .B = xdbc + R, .C = xdbc + R + N, .bc_stride = dbc,
+                .D = w->D, .z = s->xz + 2 * r + di, .z_stride = 2 * di,
+            };
+            cm_selective_scan_step(&a, cm_state_ssm(states[i], layer), s->y + r, c0, c1);
         }
     }
-    cm_silu_forward(s->xc, s->xc, (size_t)n * di);
+}
 
-    if (cfg->ssm == CMAMBA_SSM_S6) project_delta(cfg, w, n, s);
-    /* each sequence's state advances by its own row; an S4D row needs its
-     * own scratch, so S4D sequences go one after another */
-    if (n == 1) /* one sequence: the scan shares its channels among the threads */
-        scan_rows(cfg, w, 0, 1, cm_state_ssm(states[0], layer), s, s->s4d_work);
-    else
-#pragma omp parallel for schedule(static) if (cfg->ssm == CMAMBA_SSM_S6)
+void cm_mixer_step(const cmamba_config *cfg, const cm_layer *w, const float *u, int n,
+                   cmamba_state *const *states, int layer, cm_block_scratch *s, float *out) {
+    const int di = cfg->d_inner;
+
+    /* one row per sequence: the projections read their weights once for all */
+    if (w->in_proj_w.type <= CM_WT_BF16 || cfg->d_model <= CM_GEMV_STACK_COLS) {
+        step_in_conv(cfg, w, u, n, states, layer, s);
+    } else {
+        cm_matmul(s->xz, u, &w->in_proj_w, w->in_proj_b, n);
+        for (int i = 0; i < n; i++) conv_step(cfg, w, s, i, cm_state_conv(states[i], layer), 0, di);
+    }
+
+    if (cfg->ssm == CMAMBA_SSM_S6 &&
+        (w->dt_proj_w.type <= CM_WT_BF16 || cfg->dt_rank <= CM_GEMV_STACK_COLS)) {
+        cm_matmul(s->xdbc, s->xc, &w->x_proj_w, NULL, n);
+        step_delta_scan(cfg, w, n, states, layer, s);
+    } else {
+        if (cfg->ssm == CMAMBA_SSM_S6) project_delta(cfg, w, n, s);
+        /* an S4D row needs its own scratch: its sequences go one after another */
         for (int i = 0; i < n; i++)
             scan_rows(cfg, w, i, 1, cm_state_ssm(states[i], layer), s, s->s4d_work);
+    }
     cm_matmul(out, s->y, &w->out_proj_w, w->out_proj_b, n);
 }

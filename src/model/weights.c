@@ -19,13 +19,13 @@
 #include "model/model.h"
 #include "model/params.h"
 
-/* A buffer the model frees with itself, aligned to a cache line: the GEMV
- * kernels' vector loads then never straddle two. */
+/* A buffer the model frees with itself, aligned to a cache line (the GEMV
+ * kernels' vector loads then never straddle two), large ones in huge pages. */
 static void *own(cmamba_model *m, size_t bytes, cmamba_error *err) {
     void **grown = realloc(m->owned, sizeof *grown * (m->n_owned + 1));
     if (!grown) { cm_fail(err, "out of memory"); return NULL; }
     m->owned = grown;
-    void *p = aligned_alloc(64, (bytes + 64) / 64 * 64);
+    void *p = cm_alloc_stream(bytes);
     if (!p) { cm_fail(err, "out of memory"); return NULL; }
     m->owned[m->n_owned++] = p;
     return p;
@@ -289,6 +289,12 @@ cmamba_dtype cmamba_model_dtype(const cmamba_model *m) {
         if (m->cfg.ssm == CMAMBA_SSM_S6) same &= w->x_proj_w.type == t && w->dt_proj_w.type == t;
     }
     return same ? of[t] : CMAMBA_DTYPE_AUTO; /* AUTO: a checkpoint that mixes them */
+}
+
+int cm_model_head_mapped(const cmamba_model *m) {
+    for (size_t i = 0; i < m->n_owned; i++)
+        if (m->owned[i] == m->lm_head.q) return 0;
+    return 1;
 }
 
 /* 0 if out of memory */

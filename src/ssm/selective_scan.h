@@ -29,4 +29,8 @@ typedef struct {
 void cm_selective_scan_ref(const cm_scan_args *a, float *h, float *y);
 void cm_selective_scan(const cm_scan_args *a, float *h, float *y);
 
+/* One step (a->L == 1) of channels [c0, c1) only, on the calling thread:
+ * for a caller that shares a step's channels among its threads itself. */
+void cm_selective_scan_step(const cm_scan_args *a, float *h, float *y, int c0, int c1);
+
 #endif
