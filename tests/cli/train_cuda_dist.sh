@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Data-parallel training on the GPU (exit 77 without one). A group of one
 # launched with `cmamba launch` sums its gradients through NCCL inside the
-# backward and must give the losses of a plain run exactly; two ranks
+# backward and must give the losses of a plain run; two ranks
 # sharing this GPU (host sums) with --batch 4 each must follow one process
-# with --batch 8 (fp32 summation order, tolerance 1e-5 relative).
+# with --batch 8 (tolerance 1e-5 relative for both: summation order).
 set -euo pipefail
 T="$CMAMBA_TMP/train_cuda_dist"
 rm -rf "$T"; mkdir -p "$T"
@@ -24,7 +24,8 @@ import json, sys
 t = sys.argv[1]
 load = lambda d: json.load(open(f"{t}/{d}/step-00000040/trainer.json"))
 one = load("one")
-for run, tol in (("nccl", 0.0), ("two", 1e-5)):
+# the scan backward sums dA, dB, dC with atomics: GPU runs agree to rounding, not bits
+for run, tol in (("nccl", 1e-5), ("two", 1e-5)):
     other = load(run)
     for k in ("loss", "val_loss"):
         x, y = one[k], other[k]
