@@ -29,10 +29,11 @@
  * but the first with no carry in, giving ℓ_s (its carry out) and
  * Λ_s = Π a_t; carry_s = ℓ_{s+1} + Λ_{s+1}·carry_{s+1} then chains them.
  *
- * What bounds it (ncu, H100, batch 8 × L 2048 × d_inner 1536): about 39
- * instructions per (step, channel, state) issued at 47% of peak, waiting
- * mostly on shared memory (short scoreboard, MIO throttle): the groups'
- * partials and the dB, dC terms are what a cheaper layout would cut next.
+ * What bounds it (ncu, H100, batch 8 × L 2048 × d_inner 1536): shared-memory
+ * bandwidth. About 38 instructions per (step, channel, state) issue at 54%
+ * of peak while each warp moves ~360 wavefronts of shared memory a tile:
+ * Δ, Δu, ds reloaded by every group, the dB, dC terms and the groups'
+ * partials written and read back (bench/cuda_scan_notes.md).
  */
 #include "cuda/scan_common.cuh"
 

@@ -119,8 +119,8 @@ __device__ __forceinline__ void sts4(float *p, float a, float b, float c, float 
     *reinterpret_cast<float4 *>(p) = make_float4(a, b, c, d);
 }
 
-/* K consecutive floats to shared memory, K = 2 or a multiple of 4 (K·4
- * bytes aligned, or 16) */
+/* K consecutive floats, K = 2 or a multiple of 4 (K·4 bytes aligned, or
+ * 16), as one or K/4 vector stores */
 template <int K> __device__ __forceinline__ void sts(float *p, const float (&v)[K]) {
     if constexpr (K == 2) {
         *reinterpret_cast<float2 *>(p) = make_float2(v[0], v[1]);
