@@ -10,7 +10,9 @@
  * the LM head's product) + the selective scan's 3 · 9 · tokens · d_inner ·
  * d_state (9 per state and step forward: the exp's product, the decay and
  * input products and sum, C·h; twice that backward); model FLOP
- * utilisation (MFU) against the H100 SXM's dense bf16 peak, 989 TFLOP/s. */
+ * utilisation (MFU) against the H100 SXM's dense bf16 peak, 989 TFLOP/s.
+ * Then one more step with phase timing (cm_cuda_train_profile): where the
+ * forward and backward's time goes, per kind of work. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,6 +80,18 @@ int main(int argc, char **argv) {
            step * 1e3, t_fb * 1e3, t_opt * 1e3, n / step, st.loss, norm);
     printf("model FLOPs %.3g per step: %.1f TFLOP/s = MFU %.1f%% of 989 TFLOP/s (H100 dense bf16)\n",
            flops, flops / step / 1e12, 100 * flops / step / 989e12);
+    cm_cuda_train_profile(g, 1);
+    if (cm_cuda_train_run(g, in, tg, B, T, 1.0f, &st, &err)) {
+        fprintf(stderr, "bench_cuda_train: %s\n", err.msg);
+        return 1;
+    }
+    printf("phases of one forward+backward (ms):");
+    for (int i = 0; i < CM_CUDA_PHASES; i++) {
+        double ms;
+        const char *name = cm_cuda_train_phase(g, i, &ms);
+        printf("%s %s %.2f", i ? "," : "", name, ms);
+    }
+    printf("\n");
     free(in);
     free(fb);
     cm_cuda_train_free(g);

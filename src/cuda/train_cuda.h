@@ -86,6 +86,14 @@ int cm_cuda_train_run(cm_cuda_train *m, const int32_t *inputs, const int32_t *ta
 int cm_cuda_train_adamw(cm_cuda_train *m, const cm_adamw_params *p, long step, float *grad_norm,
                         cmamba_error *err);
 
+/* Profiling (benchmarks): with on, every later run records an event at
+ * each phase boundary on its stream and adds the times up per phase, from
+ * zero at this call; cm_cuda_train_phase gives phase i < CM_CUDA_PHASES:
+ * its name, and *ms, the total so far. */
+#define CM_CUDA_PHASES 11
+void cm_cuda_train_profile(cm_cuda_train *m, int on);
+const char *cm_cuda_train_phase(const cm_cuda_train *m, int i, double *ms);
+
 #ifdef __cplusplus
 }
 #endif

@@ -57,13 +57,15 @@ cublasStatus_t head_bwd(const Blas &b, float *dx, float *dW, const void *dlogits
  * forward: out = silu(b + Σ_k w[c,k]·x[t−K+1+k]), zeros before each
  * sequence. backward: with g = (dout + dout32) (either may be NULL: dout E,
  * dout32 fp32) through silu at the recomputed pre-activation, dx (E,
- * written), dw (C, K) and db (C, or NULL) accumulated. K ≤ CONV_MAX_K. */
+ * written), dw (C, K) and db (C, or NULL) accumulated; part: scratch of
+ * conv_bwd_part_floats floats. K ≤ CONV_MAX_K. */
 constexpr int CONV_MAX_K = 16;
+size_t conv_bwd_part_floats(int B, int C, int T, int K);
 cudaError_t conv_silu_fwd(const void *x, const float *w, const float *bias, void *out,
                           cm_cuda_dtype dt, int B, int C, int T, int K, cudaStream_t stream);
 cudaError_t conv_silu_bwd(const void *dout, const float *dout32, const void *x, const float *w,
-                          const float *bias, void *dx, float *dw, float *db, cm_cuda_dtype dt,
-                          int B, int C, int T, int K, cudaStream_t stream);
+                          const float *bias, void *dx, float *dw, float *db, float *part,
+                          cm_cuda_dtype dt, int B, int C, int T, int K, cudaStream_t stream);
 
 /* ---- RMSNorm backward and column sums (norm_train.cu) -------------------
  * forward: add_norm (model_kernels.cuh). backward over rows of x (n, d)

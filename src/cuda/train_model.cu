@@ -68,6 +68,13 @@ struct Acts {
     float *A;                /* (di, N) −exp(A_log) */
 };
 
+/* Where a step's time goes (cm_cuda_train_profile): each tick records an
+ * event, the time since the previous one going to the tick's phase. */
+const char *const PHASE_NAMES[CM_CUDA_PHASES] = {
+    "embedding", "norm", "products", "conv", "scan", "head + loss", "norm bwd", "products bwd",
+    "conv bwd", "scan bwd", "other bwd"};
+enum Phase { EMBED, NORM, PROD, CONV, SCAN, HEAD, NORM_B, PROD_B, CONV_B, SCAN_B, OTHER_B };
+
 } // namespace
 
 struct cm_cuda_train {
@@ -85,17 +92,25 @@ struct cm_cuda_train {
     cm_cuda_grads_ready hook;
     void *hook_ctx;
     char name[300];
-    /* activations for up to cap_n tokens, cap_ck checkpoint rows, scan_ws bytes */
-    size_t cap_n, cap_ck, cap_ws;
+    /* activations for up to cap_n tokens, cap_ck checkpoint rows, cap_ws
+     * bytes of scan workspace, cap_cpart floats of conv partial sums */
+    size_t cap_n, cap_ck, cap_ws, cap_cpart;
     int ce_rows;
     void *act_mem;
     std::vector<Acts> acts;
-    float *res_f, *dxf, *dres, *dnormed, *dxs2, *dBf, *dCf, *dA, *rs, *part, *logits, *dxg, *loss;
+    float *res_f, *dxf, *dres, *dnormed, *dxs2, *dBf, *dCf, *dA, *rs, *part, *conv_part, *logits,
+        *dxg, *loss;
     void *xf, *dres_e, *dy, *dxs, *ddtr, *dz, *dx, *dxdbc, *xg, *dlogits, *scan_ws;
     int32_t *ids, *idx, *tg, *hit, *uid, *start, *pos;
     /* host staging */
     std::vector<int32_t> h_idx, h_tg, h_hit, h_uid, h_start, h_pos, h_count;
     std::vector<float> h_loss;
+    /* profiling: events of this run and the phase each closes; totals */
+    bool prof;
+    std::vector<cudaEvent_t> ev;
+    std::vector<int> ev_phase;
+    size_t n_ev;
+    double phase_ms[CM_CUDA_PHASES];
 };
 
 namespace {
@@ -107,6 +122,28 @@ const void *W(const cm_cuda_train *m, size_t off) {
 const float *P(const cm_cuda_train *m, size_t off) { return off == NONE ? nullptr : m->params + off; }
 float *G(const cm_cuda_train *m, size_t off) { return off == NONE ? nullptr : m->grads + off; }
 
+void tick(cm_cuda_train *m, Phase ph) {
+    if (!m->prof) return;
+    if (m->n_ev == m->ev.size()) {
+        cudaEvent_t e;
+        if (cudaEventCreate(&e) != cudaSuccess) return;
+        m->ev.push_back(e);
+        m->ev_phase.push_back(0);
+    }
+    m->ev_phase[m->n_ev] = ph;
+    cudaEventRecord(m->ev[m->n_ev++], m->stream);
+}
+
+/* after the stream's work is done: the run's events into the totals */
+void tally(cm_cuda_train *m) {
+    for (size_t i = 1; i < m->n_ev; i++) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, m->ev[i - 1], m->ev[i]) == cudaSuccess)
+            m->phase_ms[m->ev_phase[i]] += ms;
+    }
+    m->n_ev = 0;
+}
+
 cm_cuda_scan_params scan_params(const cm_cuda_train *m, const Acts &a, const LayerOff &o, int B,
                                 int T) {
     const cmamba_config *c = &m->cfg;
@@ -117,8 +154,9 @@ cm_cuda_scan_params scan_params(const cm_cuda_train *m, const Acts &a, const Lay
     return p;
 }
 
-/* Every activation buffer, for n = B·T tokens in ck checkpoint rows, from cv. */
-void carve(cm_cuda_train *m, Carver &cv, size_t n, size_t ck, size_t ws) {
+/* Every activation buffer, for n = B·T tokens, ck checkpoint rows, ws bytes
+ * of scan workspace and cpart floats of conv partial sums, from cv. */
+void carve(cm_cuda_train *m, Carver &cv, size_t n, size_t ck, size_t ws, size_t cpart) {
     const cmamba_config *c = &m->cfg;
     const size_t d = c->d_model, di = c->d_inner, R = c->dt_rank, N = c->d_state;
     const size_t P = R + 2 * N, es = m->es, V = c->vocab_size, rows = m->ce_rows;
@@ -155,6 +193,7 @@ void carve(cm_cuda_train *m, Carver &cv, size_t n, size_t ck, size_t ws) {
     cv.take(m->scan_ws, ws);
     cv.take(m->rs, n * 4);
     cv.take(m->part, colsum_floats((int)std::max(d, di)) * 4);
+    cv.take(m->conv_part, cpart * 4);
     cv.take(m->xg, rows * d * es);
     cv.take(m->logits, rows * V * 4);
     cv.take(m->dlogits, m->dt == CM_CUDA_BF16 ? rows * V * es : 0);
@@ -176,23 +215,25 @@ int reserve(cm_cuda_train *m, int B, int T, cmamba_error *err) {
     cm_cuda_scan_params p = {};
     p.batch = B, p.L = T, p.D = c->d_inner, p.N = c->d_state, p.dtype = m->dt;
     const size_t ws = cm_cuda_scan_bwd_workspace(&p);
-    if (n <= m->cap_n && ck <= m->cap_ck && ws <= m->cap_ws) return 0;
-    const size_t cn = std::max(n, m->cap_n), cck = std::max(ck, m->cap_ck), cws = std::max(ws, m->cap_ws);
+    const size_t cpart = conv_bwd_part_floats(B, c->d_inner, T, c->d_conv);
+    if (n <= m->cap_n && ck <= m->cap_ck && ws <= m->cap_ws && cpart <= m->cap_cpart) return 0;
+    const size_t cn = std::max(n, m->cap_n), cck = std::max(ck, m->cap_ck);
+    const size_t cws = std::max(ws, m->cap_ws), ccp = std::max(cpart, m->cap_cpart);
     CU(cudaStreamSynchronize(m->stream));
     cudaFree(m->act_mem);
-    m->act_mem = nullptr, m->cap_n = m->cap_ck = m->cap_ws = 0;
+    m->act_mem = nullptr, m->cap_n = m->cap_ck = m->cap_ws = m->cap_cpart = 0;
     m->ce_rows = (int)std::max<size_t>(64, std::min<size_t>(4096, LOGITS_BYTES / (4 * (size_t)c->vocab_size)));
     m->ce_rows = (int)std::min<size_t>(m->ce_rows, cn);
     Carver cv = {nullptr, 0};
-    carve(m, cv, cn, cck, cws);
+    carve(m, cv, cn, cck, cws, ccp);
     if (cudaMalloc(&m->act_mem, cv.used) != cudaSuccess) {
         cudaGetLastError();
         return cm_fail(err, "CUDA: %.1f GiB of activations for %d sequences of %d tokens do not "
                             "fit on the GPU", cv.used / 1073741824.0, B, T);
     }
     cv = {(char *)m->act_mem, 0};
-    carve(m, cv, cn, cck, cws);
-    m->cap_n = cn, m->cap_ck = cck, m->cap_ws = cws;
+    carve(m, cv, cn, cck, cws, ccp);
+    m->cap_n = cn, m->cap_ck = cck, m->cap_ws = cws, m->cap_cpart = ccp;
     return 0;
 }
 
@@ -209,6 +250,7 @@ int layer_forward(cm_cuda_train *m, int l, int B, int T, cmamba_error *err) {
     float *res_next = l + 1 < c->n_layer ? m->acts[l + 1].res : m->res_f;
     CU(add_norm(a.res, l ? P(m, m->lay[l - 1].out_b) : nullptr, P(m, o.norm), c->eps, a.normed,
                 m->dt, n, d, st));
+    tick(m, NORM);
     /* 1. */
     BLAS(fwd_rows_to_cols(m->blas, a.x, a.normed, W(m, o.in_w), B, T, d, di));
     BLAS(fwd_rows_to_cols(m->blas, a.z, a.normed, W(m, o.in_w + (size_t)di * d), B, T, d, di));
@@ -216,8 +258,10 @@ int layer_forward(cm_cuda_train *m, int l, int B, int T, cmamba_error *err) {
         CU(bias_cols_fwd(a.x, P(m, o.in_b), m->dt, B, di, T, st));
         CU(bias_cols_fwd(a.z, P(m, o.in_b) + di, m->dt, B, di, T, st));
     }
+    tick(m, PROD);
     /* 2-3. */
     CU(conv_silu_fwd(a.x, P(m, o.conv_w), P(m, o.conv_b), a.xs, m->dt, B, di, T, c->d_conv, st));
+    tick(m, CONV);
     /* 4-6. [δ | B | C] = x·W_xᵀ, one product per part; δ·W_dtᵀ */
     const long sT = T;
     BLAS(fwd_cols(m->blas, a.dlow, R * sT, a.xs, di * sT, W(m, o.x_w), B, T, di, R));
@@ -226,12 +270,15 @@ int layer_forward(cm_cuda_train *m, int l, int B, int T, cmamba_error *err) {
                   di, N));
     BLAS(fwd_cols(m->blas, a.dtr, di * sT, a.dlow, R * sT, W(m, o.dt_w), B, T, R, di));
     CU(a_from_log(a.A, P(m, o.A_log), di * N, st));
+    tick(m, PROD);
     /* 7-9. */
     const cm_cuda_scan_params p = scan_params(m, a, o, B, T);
     CU((cudaError_t)cm_cuda_scan_fwd(&p, st));
+    tick(m, SCAN);
     /* 10. and the residual */
     CU(cudaMemcpyAsync(res_next, a.res, (size_t)n * d * 4, cudaMemcpyDeviceToDevice, st));
     BLAS(fwd_cols_to_rows_acc(m->blas, res_next, a.y, W(m, o.out_w), B, T, di, d));
+    tick(m, PROD);
     return 0;
 }
 
@@ -257,28 +304,36 @@ int layer_backward(cm_cuda_train *m, int l, int B, int T, cmamba_error *err) {
     /* 10. */
     if (o.out_b != NONE) CU(colsum_acc(G(m, o.out_b), m->dres, n, d, m->part, st));
     BLAS(bwd_cols_to_rows(m->blas, m->dy, G(m, o.out_w), dres_e, a.y, W(m, o.out_w), B, T, di, d));
+    tick(m, PROD_B);
     /* 7-9. */
     CU(cudaMemsetAsync(m->dA, 0, (size_t)di * N * 4, st));
     CU(cudaMemsetAsync(m->dBf, 0, (size_t)n * N * 4, st));
     CU(cudaMemsetAsync(m->dCf, 0, (size_t)n * N * 4, st));
+    tick(m, OTHER_B);
     const cm_cuda_scan_params p = scan_params(m, a, o, B, T);
     cm_cuda_scan_grads g = {};
     g.dout = m->dy, g.du = m->dxs, g.ddelta = m->ddtr, g.dz = m->dz;
     g.dA = m->dA, g.dB = m->dBf, g.dC = m->dCf, g.dD = G(m, o.D), g.ddelta_bias = G(m, o.dt_b);
     g.work = m->scan_ws;
     CU((cudaError_t)cm_cuda_scan_bwd(&p, &g, st));
+    tick(m, SCAN_B);
     CU(a_log_bwd(G(m, o.A_log), m->dA, a.A, di * N, st));
+    tick(m, OTHER_B);
     /* 6-4. dδ into rows [0, R) of d[δ | B | C], dB and dC beside it, then one
      * x_proj product back to x */
     BLAS(bwd_cols(m->blas, m->dxdbc, Pn * sT, false, G(m, o.dt_w), m->ddtr, di * sT, a.dlow,
                   W(m, o.dt_w), B, T, R, di));
+    tick(m, PROD_B);
     CU(pack_rows(m->dxdbc, Pn, R, m->dBf, m->dt, B, N, T, st));
     CU(pack_rows(m->dxdbc, Pn, R + N, m->dCf, m->dt, B, N, T, st));
+    tick(m, OTHER_B);
     BLAS(bwd_cols(m->blas, m->dxs2, di * sT, true, G(m, o.x_w), m->dxdbc, Pn * sT, a.xs,
                   W(m, o.x_w), B, T, di, Pn));
+    tick(m, PROD_B);
     /* 3-2. */
     CU(conv_silu_bwd(m->dxs, m->dxs2, a.x, P(m, o.conv_w), P(m, o.conv_b), m->dx, G(m, o.conv_w),
-                     G(m, o.conv_b), m->dt, B, di, T, c->d_conv, st));
+                     G(m, o.conv_b), m->conv_part, m->dt, B, di, T, c->d_conv, st));
+    tick(m, CONV_B);
     /* 1. */
     if (o.in_b != NONE) {
         CU(bias_cols_bwd(G(m, o.in_b), m->dx, m->dt, B, di, T, st));
@@ -288,8 +343,10 @@ int layer_backward(cm_cuda_train *m, int l, int B, int T, cmamba_error *err) {
                           B, T, d, di));
     BLAS(bwd_rows_to_cols(m->blas, m->dnormed, true, G(m, o.in_w + (size_t)di * d), m->dz, a.normed,
                           W(m, o.in_w + (size_t)di * d), B, T, d, di));
+    tick(m, PROD_B);
     CU(rmsnorm_bwd(m->dres, m->dt == CM_CUDA_BF16 ? m->dres_e : nullptr, G(m, o.norm), m->dnormed,
                    a.res, P(m, o.norm), c->eps, m->dt, n, d, m->rs, m->part, st));
+    tick(m, NORM_B);
     return 0;
 }
 
@@ -364,6 +421,7 @@ int head_loss(cm_cuda_train *m, float grad_weight, cmamba_error *err) {
 extern "C" void cm_cuda_train_free(cm_cuda_train *m) {
     if (!m) return;
     if (m->stream) cudaStreamSynchronize(m->stream);
+    for (cudaEvent_t e : m->ev) cudaEventDestroy(e);
     if (m->blas.lt) cublasLtDestroy(m->blas.lt);
     if (m->blas.h) cublasDestroy(m->blas.h);
     if (m->stream) cudaStreamDestroy(m->stream);
@@ -523,7 +581,9 @@ extern "C" int cm_cuda_train_run(cm_cuda_train *m, const int32_t *inputs, const 
     if (reserve(m, B, T, err) || stage_batch(m, inputs, targets, n, backward, &n_unique, err))
         return -1;
     cudaStream_t s = m->stream;
+    tick(m, EMBED);
     CU(embed(m->ids, m->params + m->emb, CM_CUDA_F32, m->acts[0].res, (int)n, (int)d, s));
+    tick(m, EMBED);
     for (int l = 0; l < c->n_layer; l++)
         if (layer_forward(m, l, B, T, err)) return -1;
     CU(add_norm(m->res_f, P(m, m->lay[c->n_layer - 1].out_b), P(m, m->norm_f), c->eps, m->xf,
@@ -531,17 +591,20 @@ extern "C" int cm_cuda_train_run(cm_cuda_train *m, const int32_t *inputs, const 
     const long scored = (long)m->h_idx.size();
     if (backward) CU(cudaMemsetAsync(m->dxf, 0, n * d * 4, s));
     if (head_loss(m, grad_weight, err)) return -1;
+    tick(m, HEAD);
     if (backward && scored > 0) {
         CU(cudaMemsetAsync(m->dres, 0, n * d * 4, s));
         CU(rmsnorm_bwd(m->dres, m->dt == CM_CUDA_BF16 ? m->dres_e : nullptr, G(m, m->norm_f),
                        m->dxf, m->res_f, P(m, m->norm_f), c->eps, m->dt, (int)n, (int)d, m->rs,
                        m->part, s));
+        tick(m, NORM_B);
         notify(m, m->head_first, m->head_count);
         for (int l = c->n_layer - 1; l >= 0; l--) {
             if (layer_backward(m, l, B, T, err)) return -1;
             notify(m, m->lay[l].first, m->lay[l].count);
         }
         CU(embed_bwd(G(m, m->emb), m->dres, m->uid, m->start, m->pos, n_unique, (int)d, s));
+        tick(m, EMBED);
         notify(m, m->emb, (size_t)c->vocab_size * d);
     }
     m->h_loss.resize(scored);
@@ -551,6 +614,7 @@ extern "C" int cm_cuda_train_run(cm_cuda_train *m, const int32_t *inputs, const 
         CU(cudaMemcpyAsync(m->h_hit.data(), m->hit, scored * 4, cudaMemcpyDeviceToHost, s));
     }
     CU(cudaStreamSynchronize(s));
+    tally(m);
     double sum = 0;
     long correct = 0;
     for (long i = 0; i < scored; i++) sum += m->h_loss[i], correct += m->h_hit[i];
@@ -559,6 +623,17 @@ extern "C" int cm_cuda_train_run(cm_cuda_train *m, const int32_t *inputs, const 
     st->scored = scored;
     st->correct = correct;
     return 0;
+}
+
+extern "C" void cm_cuda_train_profile(cm_cuda_train *m, int on) {
+    m->prof = on != 0;
+    m->n_ev = 0;
+    memset(m->phase_ms, 0, sizeof m->phase_ms);
+}
+
+extern "C" const char *cm_cuda_train_phase(const cm_cuda_train *m, int i, double *ms) {
+    *ms = m->phase_ms[i];
+    return PHASE_NAMES[i];
 }
 
 extern "C" int cm_cuda_train_adamw(cm_cuda_train *m, const cm_adamw_params *p, long step,

@@ -17,35 +17,41 @@ __device__ __forceinline__ void better(float &v, int &i, float v2, int i2) {
     if (v2 > v || (v2 == v && i2 < i)) v = v2, i = i2;
 }
 
+/* (max, Σ exp(l − max), first argmax) of two parts of a row, combined */
+__device__ __forceinline__ void merge(float &mx, float &s, int &idx, float mx2, float s2, int idx2) {
+    const float m = fmaxf(mx, mx2);
+    s = (mx == -INFINITY ? 0.f : s * expf(mx - m)) + (mx2 == -INFINITY ? 0.f : s2 * expf(mx2 - m));
+    better(mx, idx, mx2, idx2);
+    mx = m;
+}
+
+/* a block per row: one pass for the maximum, its index and the sum of
+ * exponentials (rescaled as the maximum grows), a second for dlogits */
 template <typename E>
 __global__ void __launch_bounds__(BLOCK)
 xent_kernel(float *logits, E *dlogits, const int32_t *tg, float scale, float *loss, int32_t *hit,
             int V) {
-    __shared__ float sv[BLOCK / 32];
+    __shared__ float sm[BLOCK / 32], ss[BLOCK / 32];
     __shared__ int si[BLOCK / 32];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const float *row = logits + (size_t)blockIdx.x * V;
     const int target = tg[blockIdx.x];
     const float lt = row[target]; /* read before dlogits may overwrite the row */
-    float mx = -INFINITY;
+    float mx = -INFINITY, s = 0.f;
     int idx = 0x7fffffff;
-    for (int v = threadIdx.x; v < V; v += BLOCK) better(mx, idx, row[v], v);
+    for (int v = threadIdx.x; v < V; v += BLOCK) {
+        const float l = row[v];
+        if (l > mx) s = s * expf(mx - l) + 1.f, mx = l, idx = v;
+        else s += expf(l - mx);
+    }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1)
-        better(mx, idx, __shfl_xor_sync(0xffffffffu, mx, o), __shfl_xor_sync(0xffffffffu, idx, o));
-    if (lane == 0) sv[warp] = mx, si[warp] = idx;
+        merge(mx, s, idx, __shfl_xor_sync(0xffffffffu, mx, o), __shfl_xor_sync(0xffffffffu, s, o),
+              __shfl_xor_sync(0xffffffffu, idx, o));
+    if (lane == 0) sm[warp] = mx, ss[warp] = s, si[warp] = idx;
     __syncthreads();
-    mx = sv[0], idx = si[0];
-    for (int w = 1; w < BLOCK / 32; w++) better(mx, idx, sv[w], si[w]);
-    __syncthreads();
-    float s = 0.f;
-    for (int v = threadIdx.x; v < V; v += BLOCK) s += expf(row[v] - mx);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (lane == 0) sv[warp] = s;
-    __syncthreads();
-    s = 0.f;
-    for (int w = 0; w < BLOCK / 32; w++) s += sv[w];
+    mx = sm[0], s = ss[0], idx = si[0];
+    for (int w = 1; w < BLOCK / 32; w++) merge(mx, s, idx, sm[w], ss[w], si[w]);
     if (threadIdx.x == 0) {
         loss[blockIdx.x] = logf(s) + mx - lt;
         hit[blockIdx.x] = idx == target;

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # train, grad and eval with --device cuda: bad combinations fail with one
 # line (also in a build without the CUDA backend). With a GPU (else exit 77
-# after those checks): a few training steps in fp32 and bf16 run, checkpoint
-# and resume; grad --device cuda matches grad on the CPU (every tensor
-# within 1e-4 of max |cpu|, the loss within 1e-5); eval --device cuda
-# scores as the CPU does.
+# after those checks): a few training steps in fp32 and bf16 run and
+# checkpoint, which resumes on the GPU and the CPU; grad --device cuda
+# matches grad on the CPU (every tensor within 1e-4 of max |cpu|, the loss
+# within 1e-5; bf16 5e-2 and 1e-3); eval --device cuda scores as the CPU.
 set -euo pipefail
 T="$CMAMBA_TMP/train_cuda"
 rm -rf "$T"; mkdir -p "$T"
@@ -35,16 +35,17 @@ fi
 
 one_line_error "S6 models only" train --out "$T/x" --device cuda --ssm s4d
 for dt in f32 bf16; do
-  train --out "$T/$dt" --device cuda --dtype $dt --save-every 3 | tee "$T/$dt.txt"
+  train --out "$T/$dt" --device cuda --dtype $dt | tee "$T/$dt.txt"
   grep -q accuracy "$T/$dt.txt"
-  [ -f "$T/$dt/model.safetensors" ] && [ -d "$T/$dt/step-00000003" ]
+  [ -f "$T/$dt/model.safetensors" ] && [ -d "$T/$dt/step-00000006" ]
 done
-# resume the fp32 run on the GPU from step 3 (after deleting the end) and on the CPU: both finish
-rm -rf "$T/f32/step-00000006"
-"$CMAMBA_BIN" train --resume "$T/f32" --device cuda --quiet --steps 6 >/dev/null
-[ -d "$T/f32/step-00000006" ]
-
-ids=3,17,5,9,44,1,0,23,23,8,2,49,30,11,7,6,5,4,3,2,1
+# the finished run resumed (parameters and moments back to the GPU): the
+# same final validation; and on the CPU from the GPU's checkpoint
+"$CMAMBA_BIN" train --resume "$T/f32" --device cuda --quiet >"$T/again.txt"
+diff "$T/f32.txt" "$T/again.txt"
+"$CMAMBA_BIN" train --resume "$T/f32" --quiet
+ids=$(for i in $(seq 0 200); do printf '%d,' $(( (i * 37 + i * i % 11) % 50 )); done)
+ids=${ids%,}
 "$CMAMBA_BIN" grad --model "$T/m" --ids $ids --out "$T/cpu.safetensors" >"$T/cpu.txt"
 "$CMAMBA_BIN" grad --model "$T/m" --ids $ids --out "$T/gpu.safetensors" --device cuda >"$T/gpu.txt"
 "$CMAMBA_BIN" grad --model "$T/m" --ids $ids --out "$T/bf16.safetensors" --device cuda --dtype bf16 >/dev/null
@@ -64,7 +65,8 @@ def load(path):
     return out, float(meta["loss"])
 t = sys.argv[1]
 cpu, lc = load(f"{t}/cpu.safetensors")
-for name, tol, ltol in (("gpu", 1e-4, 1e-5), ("bf16", 2e-2, 2e-2)):
+# bf16: a wiring check (its precision is test_cuda_train's), one sequence
+for name, tol, ltol in (("gpu", 1e-4, 1e-5), ("bf16", 5e-2, 1e-3)):
     gpu, lg = load(f"{t}/{name}.safetensors")
     assert gpu.keys() == cpu.keys()
     worst = 0
