@@ -14,7 +14,6 @@
 #include "commands.h"
 #include "cpu/roofline.h"
 #include "engine.h"
-#include "model/model.h"
 #include "rng.h"
 
 /* A long prompt goes to cmamba_forward in pieces of this many tokens, for
@@ -174,7 +173,6 @@ int cmd_bench(int argc, char **argv) {
     cm_roofline roof = {0};
     double rss = 0, bw_lo = 0, bw_hi = 0;
     long bursts = 0;
-    int mapped = 0;
     if (o.gen) {
         int first = argmax(logits, V);
         for (int i = 0; i < B; i++) {
@@ -198,9 +196,7 @@ int cmd_bench(int argc, char **argv) {
         cm_read_buffer rb = {0};
         long burst = timed;
         if (!o.cuda) {
-            /* the buffer in pages of the kind the weights are in */
-            mapped = cm_model_head_mapped(m);
-            if (cm_read_buffer_new(&rb, read_bytes, !mapped)) {
+            if (cm_read_buffer_new(&rb, read_bytes)) {
                 fprintf(stderr, "cmamba bench: out of memory for the bandwidth buffer\n");
                 return 1;
             }
@@ -261,9 +257,8 @@ int cmd_bench(int argc, char **argv) {
         printf("machine: %d threads, fp32 FMA peak %.1f GFLOP/s (%s), read bandwidth %.1f GB/s ",
                roof.threads, roof.fma_flops_per_s / 1e9, roof.isa, roof.read_bytes_per_s / 1e9);
         if (bursts)
-            printf("(median of %ld passes taken in turns with the decoding, range %.1f-%.1f; "
-                   "buffer in %s pages, as the weights)\n",
-                   bursts, bw_lo / 1e9, bw_hi / 1e9, mapped ? "4 KiB" : "huge");
+            printf("(median of %ld passes taken in turns with the decoding, range %.1f-%.1f)\n",
+                   bursts, bw_lo / 1e9, bw_hi / 1e9);
         else
             printf("(best of 5 passes)\n");
     }

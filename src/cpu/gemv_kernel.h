@@ -140,7 +140,7 @@ rows_dense_n(const void *row, size_t row_bytes, int nr, const float *x, int ld, 
 }
 
 /* W[r]·x_i for a q8 or q4 row and n ≥ 2 inputs: each chunk of a
- * superblock is prepared once (prep_chunk: the q8 bias, the q4 nibbles
+ * superblock is prepared once (prep_chunks: the q8 bias, the q4 nibbles
  * unpacked) and dotted with every input, the n integer sums n independent
  * chains. The plain groups after the superblocks as in row_quant. */
 static inline __attribute__((always_inline)) void
@@ -154,8 +154,8 @@ rows_quant_n(const uint8_t *w, const uint16_t *s, const cm_xquant *xq, int nblk,
         for (int l = 0; l < super_bytes; l += 64) __builtin_prefetch(wk + l + MULTI_PREFETCH, 0, 0);
         vi d[CM_GEMV_MAX_N];
         for (int i = 0; i < n; i++) d[i] = vi_bias(xq[i].nsum + 8 * k, q4);
-        for (int c = 0; c < 8; c++) {
-            const vq u = prep_chunk(wk, c, q4);
+        for (int c = 0; c < 8; c += QW) {
+            const vq u = prep_chunks(wk, c, q4);
             for (int i = 0; i < n; i++)
                 d[i] = dot_prep(d[i], u, xq[i].q + (size_t)k * CM_QSUPER + 32 * c, q4);
         }

@@ -117,7 +117,9 @@ static inline void dot_q4(const uint8_t *w, const int8_t *x, vf *lo, vf *hi) {
     }
 }
 
-/* several inputs per weight read: gemv_x86.h's forms, as plain loops */
+/* several inputs per weight read: gemv_x86.h's forms, as plain loops,
+ * one chunk at a time */
+enum { QW = 1 };
 typedef struct {
     int16_t v[32];
 } vq;
@@ -125,20 +127,13 @@ typedef struct {
     int32_t v[8];
 } vi;
 
-static inline vi vi_zero(void) { return (vi){{0}}; }
-
-static inline vi vi_add(vi a, vi b) {
-    for (int l = 0; l < 8; l++) a.v[l] += b.v[l];
-    return a;
-}
-
 static inline vf vi_to_vf(vi a) {
     vf r;
     for (int l = 0; l < 8; l++) r.v[l] = (float)a.v[l];
     return r;
 }
 
-static inline vq prep_chunk(const uint8_t *w, int c, int q4) {
+static inline vq prep_chunks(const uint8_t *w, int c, int q4) {
     vq u;
     for (int i = 0; i < 32; i++)
         u.v[i] = q4 ? (w[32 * (c / 2) + i] >> 4 * (c % 2)) & 15 : (int8_t)w[32 * c + i];

@@ -88,10 +88,9 @@ static float read_scalar(const float *p, size_t n) {
     return s[0] + s[1] + s[2] + s[3];
 }
 
-int cm_read_buffer_new(cm_read_buffer *b, size_t bytes, int huge) {
+int cm_read_buffer_new(cm_read_buffer *b, size_t bytes) {
     b->n = bytes / sizeof(float);
-    b->p = huge ? cm_alloc_stream(b->n * sizeof(float)) : aligned_alloc(64, b->n * sizeof(float));
-    if (!b->p) return -1;
+    if (!(b->p = cm_alloc_stream(b->n * sizeof(float)))) return -1;
 #pragma omp parallel
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -134,7 +133,7 @@ int cm_roofline_measure(cm_roofline *r, size_t buffer_bytes, int reps) {
     volatile float sink = 0;
     if (buffer_bytes) {
         cm_read_buffer buf;
-        if (cm_read_buffer_new(&buf, buffer_bytes, 1)) return -1;
+        if (cm_read_buffer_new(&buf, buffer_bytes)) return -1;
         for (int rep = 0; rep < reps; rep++) {
             const double rate = cm_read_buffer_pass(&buf);
             if (rate > r->read_bytes_per_s) r->read_bytes_per_s = rate;

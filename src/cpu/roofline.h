@@ -26,17 +26,16 @@ int cm_roofline_measure(cm_roofline *r, size_t buffer_bytes, int reps);
 
 /* The read bandwidth a pass at a time, for measurements taken in turns with
  * other work (`cmamba bench` alternates them with decoding steps, so that
- * both see the same state of a shared machine): a buffer whose slices are
- * first touched by the threads that will read them, in huge pages
- * (cm_alloc_stream) or in plain 4 KiB ones (huge = 0: as weights mapped
- * from a file are), and one pass reading all of it with every thread,
- * returning bytes per second. */
+ * both see the same state of a shared machine): a buffer in huge pages, as
+ * the model's weights are (cm_alloc_stream), whose slices are first
+ * touched by the threads that will read them, and one pass reading all of
+ * it with every thread, returning bytes per second. */
 typedef struct {
     float *p;
     size_t n; /* floats */
 } cm_read_buffer;
 
-int cm_read_buffer_new(cm_read_buffer *b, size_t bytes, int huge); /* -1: out of memory */
+int cm_read_buffer_new(cm_read_buffer *b, size_t bytes); /* -1: out of memory */
 double cm_read_buffer_pass(const cm_read_buffer *b);
 void cm_read_buffer_free(cm_read_buffer *b);
 

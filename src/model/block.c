@@ -1,6 +1,7 @@
 /* The Mamba mixer (SPEC.md "One Mamba block"), two ways: over a whole
  * sequence with the selective scan, and one token at a time as a
  * recurrence. Both continue from and update the same per-layer state. */
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -121,6 +122,13 @@ void cm_mixer_forward(const cmamba_config *cfg, const cm_layer *w, const float *
     cm_matmul(out, s->y, &w->out_proj_w, w->out_proj_b, L);
 }
 
+/* Channels per task of a step's regions: one task per thread (each task
+ * quantises its inputs for q8/q4 once), in whole vectors of the scan. */
+static int step_part(int d_inner) {
+    const int threads = omp_get_max_threads();
+    return ((d_inner + threads - 1) / threads + 15) / 16 * 16;
+}
+
 /* Steps 2-3 for channels [c0, c1) of sequence i, one token: the conv
  * window is (state ++ x): dot it with the filter, slide it; then silu. */
 static void conv_step(const cmamba_config *cfg, const cm_layer *w, cm_block_scratch *s, int i,
@@ -147,11 +155,10 @@ static void conv_step(const cmamba_config *cfg, const cm_layer *w, cm_block_scra
  * takes its channels through in_proj, the conv and silu in one region. */
 static void step_in_conv(const cmamba_config *cfg, const cm_layer *w, const float *u, int n,
                          cmamba_state *const *states, int layer, cm_block_scratch *s) {
-    enum { PART = 256 }; /* channels per task */
-    const int di = cfg->d_inner, parts = (di + PART - 1) / PART;
+    const int di = cfg->d_inner, part = step_part(di), parts = (di + part - 1) / part;
 #pragma omp parallel for schedule(static) if (parts > 1 && (long)n * di * cfg->d_model > 50000)
     for (int k = 0; k < parts; k++) {
-        const int c0 = k * PART, c1 = c0 + PART < di ? c0 + PART : di;
+        const int c0 = k * part, c1 = c0 + part < di ? c0 + part : di;
         const int rows[4] = {c0, c1, di + c0, di + c1};
         cm_matmul_rows(s->xz, 2 * di, u, cfg->d_model, &w->in_proj_w, w->in_proj_b, n, rows, 2);
         for (int i = 0; i < n; i++) conv_step(cfg, w, s, i, cm_state_conv(states[i], layer), c0, c1);
@@ -165,12 +172,11 @@ static void step_in_conv(const cmamba_config *cfg, const cm_layer *w, const floa
  * where a region per operation left the threads waiting on each other). */
 static void step_delta_scan(const cmamba_config *cfg, const cm_layer *w, int n,
                             cmamba_state *const *states, int layer, cm_block_scratch *s) {
-    enum { PART = 256 }; /* channels per task */
     const int di = cfg->d_inner, R = cfg->dt_rank, N = cfg->d_state, dbc = R + 2 * N;
-    const int parts = (di + PART - 1) / PART;
+    const int part = step_part(di), parts = (di + part - 1) / part;
 #pragma omp parallel for schedule(static) if (parts > 1 && (long)n * di * N >= 16384)
     for (int k = 0; k < parts; k++) {
-        const int c0 = k * PART, c1 = c0 + PART < di ? c0 + PART : di;
+        const int c0 = k * part, c1 = c0 + part < di ? c0 + part : di;
         const int rows[2] = {c0, c1};
         cm_matmul_rows(s->delta, di, s->xdbc, dbc, &w->dt_proj_w, w->dt_proj_b, n, rows, 1);
         for (int i = 0; i < n; i++) {

@@ -68,12 +68,6 @@ static inline float *cm_state_ssm(const cmamba_state *s, int layer) {
 int cm_model_bind_weights(cmamba_model *m, const char *dir, cmamba_dtype dtype,
                           cmamba_error *err);
 
-/* 1 if the LM head (and so every matrix of its format) is used in place
- * from the checkpoint's mapping, in 4 KiB pages; 0 if converted at load
- * into memory of the model's own, in huge pages where the system gives
- * them (cm_alloc_stream). */
-int cm_model_head_mapped(const cmamba_model *m);
-
 /* The weight p of a loaded model: its matrix (the projections, embedding
  * and LM head; NULL for the others), or its fp32 values (NULL for those). */
 const cm_matrix *cm_model_matrix(const cmamba_model *m, const cm_param_desc *p);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A checkpoint with the exact shapes of mamba-130m (random weights, ~517 MB):
 # it loads, generates, and stays resident at about the size of its weights
-# (the weights are mapped, not copied).
+# (the large matrices move from the file's mapping into huge pages at load,
+# the mapping's pages dropped: src/model/weights.c).
 set -euo pipefail
 if [ "${CMAMBA_SANITIZED:-0}" = 1 ]; then
   echo "SKIP: the 130m-shape check runs in the optimised build only"; exit 77
@@ -23,4 +24,6 @@ awk -v rss="$rss_mib" -v w="$weights" 'BEGIN {
 }'
 
 load_s=$(sed -nE 's/^load: ([0-9.]+) s.*/\1/p' "$CMAMBA_TMP/130m.err")
-awk -v s="$load_s" 'BEGIN { printf "load %.3f s (limit 1 s)\n", s; exit !(s < 1.0) }'
+# the load reads the whole file once (about 0.15 s from the page cache; a
+# cold cache adds the disk's time)
+awk -v s="$load_s" 'BEGIN { printf "load %.3f s (limit 3 s)\n", s; exit !(s < 3.0) }'
