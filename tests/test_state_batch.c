@@ -2,7 +2,8 @@
  * same prompt fed in arbitrary pieces and token by token; n sequences
  * stepped together equal each stepped alone; a state saved to a file and
  * loaded back continues with the same bits, and a damaged state file is
- * refused with a message naming it. */
+ * refused with a message naming it; the same for a model wide enough that
+ * its steps run on two threads, in every format. */
 #include <stdint.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -59,6 +60,68 @@ static void check_state_file_errors(cmamba_model *m, const char *good, const cha
     }
     CHECK(cmamba_state_load(s, "/nonexistent/state.bin", &err) == -1);
     cmamba_state_free(s);
+}
+
+/* A model wide enough that a step shares its work among two threads
+ * (src/model/block.c's one region a layer, with barriers), in every
+ * format: token by token against one call over the prompt, and 3
+ * sequences stepped together against each alone (the GEMV kernels' forms
+ * for several inputs). */
+static void wide_model(const char *dir) {
+    const cmamba_config cfg = {.d_model = 192, .n_layer = 2, .vocab_size = 67, .d_inner = 384,
+                               .d_state = 16, .d_conv = 4, .dt_rank = 12, .expand = 2,
+                               .eps = 1e-5f, .use_conv_bias = 1, .tie_embeddings = 1};
+    enum { V = 67, T = 40, NSEQ = 3 };
+    cm_train_model *tm;
+    cmamba_error err;
+    CHECK(cm_train_model_new(&cfg, 4, &tm, &err) == 0);
+    uint64_t rng = 9;
+    for (size_t i = 0; i < tm->n_params; i++) tm->params[i] += 0.05f * (float)cm_rng_normal(&rng);
+    CHECK_MSG(cm_model_save(dir, tm, &err) == 0, "%s", err.msg);
+    cm_train_model_free(tm);
+    int32_t ids[T];
+    for (int i = 0; i < T; i++) ids[i] = (int32_t)(cm_rng_u64(&rng) % V);
+    cmamba_set_threads(2);
+    for (int d = CMAMBA_DTYPE_F32; d <= CMAMBA_DTYPE_Q4; d++) {
+        cmamba_model *m;
+        CHECK_MSG(cmamba_model_load_dtype(dir, (cmamba_dtype)d, &m, &err) == 0, "%s", err.msg);
+        cmamba_state *a, *b, *batch[NSEQ], *alone[NSEQ];
+        float la[V], lb[V], lbatch[NSEQ * V], lalone[NSEQ * V];
+        CHECK(cmamba_state_new(m, &a, &err) == 0 && cmamba_state_new(m, &b, &err) == 0);
+        CHECK(cmamba_forward(m, a, ids, T, la, 0, &err) == 0);
+        for (int t = 0; t < T; t++) CHECK(cmamba_step(m, b, ids[t], lb, &err) == 0);
+        /* (a prompt of T ≤ 64 tokens takes the int8 GEMV kernels, as steps do, in q8/q4) */
+        const double e_step = rel_err(lb, la, V);
+        CHECK_MSG(e_step <= TOL_CHUNK, "%s: token by token vs one call: %.2e",
+                  cmamba_dtype_name(d), e_step);
+        int32_t next[NSEQ];
+        for (int i = 0; i < NSEQ; i++) {
+            CHECK(cmamba_state_new(m, &batch[i], &err) == 0);
+            CHECK(cmamba_state_new(m, &alone[i], &err) == 0);
+            CHECK(cmamba_forward(m, batch[i], ids + 5 * i, 10 + 7 * i, NULL, 0, &err) == 0);
+            CHECK(cmamba_state_copy(alone[i], batch[i], &err) == 0);
+            next[i] = ids[i];
+        }
+        double worst = 0;
+        for (int g = 0; g < 4; g++) {
+            CHECK(cmamba_step_batch(m, batch, next, NSEQ, lbatch, &err) == 0);
+            for (int i = 0; i < NSEQ; i++)
+                CHECK(cmamba_step(m, alone[i], next[i], lalone + i * V, &err) == 0);
+            worst = fmax(worst, rel_err(lbatch, lalone, NSEQ * V));
+            for (int i = 0; i < NSEQ; i++) next[i] = ids[(g * 7 + i * 3) % T];
+        }
+        CHECK_MSG(worst <= TOL_BATCH, "%s: batch vs alone: %.2e", cmamba_dtype_name(d), worst);
+        printf("wide model, 2 threads, %-4s: token by token vs one call %.2e (tol %.0e), "
+               "%d sequences together vs alone %.2e (tol %.0e)\n",
+               cmamba_dtype_name(d), e_step, TOL_CHUNK, NSEQ, worst, TOL_BATCH);
+        for (int i = 0; i < NSEQ; i++) {
+            cmamba_state_free(batch[i]);
+            cmamba_state_free(alone[i]);
+        }
+        cmamba_state_free(a);
+        cmamba_state_free(b);
+        cmamba_model_free(m);
+    }
 }
 
 int main(void) {
@@ -151,6 +214,7 @@ int main(void) {
     cmamba_model_free(m);
     cm_train_model_free(tm);
     free(ids);
+    wide_model(dir);
     const char *files[] = {"config.json", "model.safetensors", "state.bin", "bad.bin"};
     for (int i = 0; i < 4; i++) {
         snprintf(path, sizeof path, "%s/%s", dir, files[i]);

@@ -122,13 +122,6 @@ void cm_mixer_forward(const cmamba_config *cfg, const cm_layer *w, const float *
     cm_matmul(out, s->y, &w->out_proj_w, w->out_proj_b, L);
 }
 
-/* Channels per task of a step's regions: one task per thread (each task
- * quantises its inputs for q8/q4 once), in whole vectors of the scan. */
-static int step_part(int d_inner) {
-    const int threads = omp_get_max_threads();
-    return ((d_inner + threads - 1) / threads + 15) / 16 * 16;
-}
-
 /* Steps 2-3 for channels [c0, c1) of sequence i, one token: the conv
  * window is (state ++ x): dot it with the filter, slide it; then silu. */
 static void conv_step(const cmamba_config *cfg, const cm_layer *w, cm_block_scratch *s, int i,
@@ -150,35 +143,34 @@ static void conv_step(const cmamba_config *cfg, const cm_layer *w, cm_block_scra
     cm_silu_forward(xc + c0, xc + c0, (size_t)(c1 - c0));
 }
 
-/* Steps 1-3 for one token of each of n sequences: channel c's conv needs
- * rows c (x) and d_inner + c (z) of in_proj alone, so that each thread
- * takes its channels through in_proj, the conv and silu in one region. */
-static void step_in_conv(const cmamba_config *cfg, const cm_layer *w, const float *u, int n,
-                         cmamba_state *const *states, int layer, cm_block_scratch *s) {
-    const int di = cfg->d_inner, part = step_part(di), parts = (di + part - 1) / part;
-#pragma omp parallel for schedule(static) if (parts > 1 && (long)n * di * cfg->d_model > 50000)
-    for (int k = 0; k < parts; k++) {
-        const int c0 = k * part, c1 = c0 + part < di ? c0 + part : di;
-        const int rows[4] = {c0, c1, di + c0, di + c1};
-        cm_matmul_rows(s->xz, 2 * di, u, cfg->d_model, &w->in_proj_w, w->in_proj_b, n, rows, 2);
+/* One token of each of n sequences through an S6 layer in one parallel
+ * region, the threads meeting at a barrier only where a step needs all
+ * channels of the one before (a region per operation, with its start and
+ * end, left them waiting on each other longer). Each thread takes a part
+ * of the channels through
+ *   in_proj rows c (x) and d_inner + c (z), the conv, silu;
+ * then a part of x_proj's rows; then its channels through
+ *   dt_proj row c, softplus, the scan;
+ * then a part of out_proj's rows. Every product is the GEMV kernels' on
+ * the thread's rows (cm_matmul_rows), each thread quantising its input. */
+static void step_fused(const cmamba_config *cfg, const cm_layer *w, const float *u, int n,
+                       cmamba_state *const *states, int layer, cm_block_scratch *s, float *out) {
+    const int d = cfg->d_model, di = cfg->d_inner, R = cfg->dt_rank, N = cfg->d_state,
+              dbc = R + 2 * N;
+#pragma omp parallel if ((long)n * di * d > 50000)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int part = ((di + nt - 1) / nt + 15) / 16 * 16; /* whole vectors of the scan */
+        const int c0 = t * part < di ? t * part : di, c1 = c0 + part < di ? c0 + part : di;
+        const int in_rows[4] = {c0, c1, di + c0, di + c1};
+        cm_matmul_rows(s->xz, 2 * di, u, d, &w->in_proj_w, w->in_proj_b, n, in_rows, 2);
         for (int i = 0; i < n; i++) conv_step(cfg, w, s, i, cm_state_conv(states[i], layer), c0, c1);
-    }
-}
-
-/* Steps 5-6 of an S6 layer for one token of each of n sequences, given
- * [δ | B | C]: channel c's Δ needs row c of dt_proj alone, and its scan
- * Δ[c] alone, so that each thread takes its channels through dt_proj,
- * softplus and the scan with no barrier between them (one parallel region
- * where a region per operation left the threads waiting on each other). */
-static void step_delta_scan(const cmamba_config *cfg, const cm_layer *w, int n,
-                            cmamba_state *const *states, int layer, cm_block_scratch *s) {
-    const int di = cfg->d_inner, R = cfg->dt_rank, N = cfg->d_state, dbc = R + 2 * N;
-    const int part = step_part(di), parts = (di + part - 1) / part;
-#pragma omp parallel for schedule(static) if (parts > 1 && (long)n * di * N >= 16384)
-    for (int k = 0; k < parts; k++) {
-        const int c0 = k * part, c1 = c0 + part < di ? c0 + part : di;
-        const int rows[2] = {c0, c1};
-        cm_matmul_rows(s->delta, di, s->xdbc, dbc, &w->dt_proj_w, w->dt_proj_b, n, rows, 1);
+#pragma omp barrier
+        const int x_rows[2] = {dbc * t / nt, dbc * (t + 1) / nt};
+        cm_matmul_rows(s->xdbc, dbc, s->xc, di, &w->x_proj_w, NULL, n, x_rows, 1);
+#pragma omp barrier
+        const int dt_rows[2] = {c0, c1};
+        cm_matmul_rows(s->delta, di, s->xdbc, dbc, &w->dt_proj_w, w->dt_proj_b, n, dt_rows, 1);
         for (int i = 0; i < n; i++) {
             const size_t r = (size_t)i * di;
             float *delta = s->delta + r;
@@ -191,30 +183,35 @@ static void step_delta_scan(const cmamba_config *cfg, const cm_layer *w, int n,
             };
             cm_selective_scan_step(&a, cm_state_ssm(states[i], layer), s->y + r, c0, c1);
         }
+#pragma omp barrier
+        const int out_rows[2] = {d * t / nt, d * (t + 1) / nt};
+        cm_matmul_rows(out, d, s->y, di, &w->out_proj_w, w->out_proj_b, n, out_rows, 1);
     }
+}
+
+/* n rows through every projection by the GEMV kernels (not sgemm), each
+ * input quantised on the stack */
+static int step_fusable(const cmamba_config *cfg, const cm_layer *w, int n) {
+    const cm_matrix *m[4] = {&w->in_proj_w, &w->x_proj_w, &w->dt_proj_w, &w->out_proj_w};
+    for (int k = 0; k < 4; k++)
+        if (n > cm_matrix_gemv_rows(m[k]->type)) return 0;
+    return cfg->ssm == CMAMBA_SSM_S6 && cfg->d_model <= CM_GEMV_STACK_COLS &&
+           cfg->d_inner <= CM_GEMV_STACK_COLS && cfg->dt_rank <= CM_GEMV_STACK_COLS;
 }
 
 void cm_mixer_step(const cmamba_config *cfg, const cm_layer *w, const float *u, int n,
                    cmamba_state *const *states, int layer, cm_block_scratch *s, float *out) {
-    const int di = cfg->d_inner;
-
+    if (step_fusable(cfg, w, n)) {
+        step_fused(cfg, w, u, n, states, layer, s, out);
+        return;
+    }
     /* one row per sequence: the projections read their weights once for all */
-    if (w->in_proj_w.type <= CM_WT_BF16 || cfg->d_model <= CM_GEMV_STACK_COLS) {
-        step_in_conv(cfg, w, u, n, states, layer, s);
-    } else {
-        cm_matmul(s->xz, u, &w->in_proj_w, w->in_proj_b, n);
-        for (int i = 0; i < n; i++) conv_step(cfg, w, s, i, cm_state_conv(states[i], layer), 0, di);
-    }
-
-    if (cfg->ssm == CMAMBA_SSM_S6 &&
-        (w->dt_proj_w.type <= CM_WT_BF16 || cfg->dt_rank <= CM_GEMV_STACK_COLS)) {
-        cm_matmul(s->xdbc, s->xc, &w->x_proj_w, NULL, n);
-        step_delta_scan(cfg, w, n, states, layer, s);
-    } else {
-        if (cfg->ssm == CMAMBA_SSM_S6) project_delta(cfg, w, n, s);
-        /* an S4D row needs its own scratch: its sequences go one after another */
-        for (int i = 0; i < n; i++)
-            scan_rows(cfg, w, i, 1, cm_state_ssm(states[i], layer), s, s->s4d_work);
-    }
+    cm_matmul(s->xz, u, &w->in_proj_w, w->in_proj_b, n);
+    for (int i = 0; i < n; i++)
+        conv_step(cfg, w, s, i, cm_state_conv(states[i], layer), 0, cfg->d_inner);
+    if (cfg->ssm == CMAMBA_SSM_S6) project_delta(cfg, w, n, s);
+    /* an S4D row needs its own scratch: its sequences go one after another */
+    for (int i = 0; i < n; i++)
+        scan_rows(cfg, w, i, 1, cm_state_ssm(states[i], layer), s, s->s4d_work);
     cm_matmul(out, s->y, &w->out_proj_w, w->out_proj_b, n);
 }
