@@ -113,8 +113,10 @@ int main(void) {
     printf("linear (sgemm/sgemv vs loops), forward and backward: worst %.2e (tol %.0e)\n",
            worst_linear, TOL_LINEAR);
 
-    const int scan[][4] = {{1, 5, 16, 1}, {7, 16, 16, 1}, {300, 37, 5, 3}, {64, 128, 16, 8},
-                           {33, 48, 1, 2}, {257, 130, 16, 8}, {16, 1, 3, 1}};
+    /* L = 1: the decoding step, d_state 16 (one vector a channel) and not */
+    const int scan[][4] = {{1, 5, 16, 1},    {1, 130, 16, 1},  {1, 37, 20, 1},   {7, 16, 16, 1},
+                           {300, 37, 5, 3},  {64, 128, 16, 8}, {33, 48, 1, 2},   {257, 130, 16, 8},
+                           {16, 1, 3, 1}};
     for (size_t i = 0; i < sizeof scan / sizeof *scan; i++)
         for (int gated = 0; gated < 2; gated++)
             test_scan(scan[i][0], scan[i][1], scan[i][2], gated, scan[i][3]);

@@ -156,9 +156,8 @@ static inline void sum_rows(const float p[CB][CB], float *y) {
  * blocks do, would cost more than the step. The sums over the state are
  * then taken CB channels at a time (sum_rows), and the D skip and the gate
  * as vectors over those channels. */
-CM_SIMD_CLONES
-static void scan_step(const cm_scan_args *a, int c0, int c1, float *h, float *y) {
-    const int N = a->d_state;
+static inline __attribute__((always_inline)) void
+scan_step_n(const cm_scan_args *a, int c0, int c1, float *h, float *y, const int N) {
     for (int cb = c0; cb < c1; cb += CB) {
         const int nc = c1 - cb < CB ? c1 - cb : CB;
         float part[CB][CB] = {{0}}; /* row j: channel cb + j's products h·C, by lane */
@@ -192,6 +191,14 @@ static void scan_step(const cm_scan_args *a, int c0, int c1, float *h, float *y)
             for (int l = 0; l < CB; l++) acc[l] *= cm_silu(z[l]);
         memcpy(y + cb, acc, sizeof(float) * nc);
     }
+}
+
+/* d_state = CB (16, every published Mamba) a constant: a channel's state
+ * is then one vector, its loads and stores whole, no loop over blocks */
+CM_SIMD_CLONES
+static void scan_step(const cm_scan_args *a, int c0, int c1, float *h, float *y) {
+    if (a->d_state == CB) scan_step_n(a, c0, c1, h, y, CB);
+    else scan_step_n(a, c0, c1, h, y, a->d_state);
 }
 
 void cm_selective_scan_step(const cm_scan_args *a, float *h, float *y, int c0, int c1) {
