@@ -130,6 +130,19 @@ static void scan_block(const cm_scan_args *a, int c0, int nc, float *hT, const f
  * packs two rows' results into one vector, so that 15 pairs of permutes and
  * adds leave the CB sums in one vector (GCC's vector extensions), in
  * place of a tree of permutes per row. */
+#if defined(__clang__)
+/* clang has no two-operand __builtin_shuffle with a mask vector: the same
+ * tree of halves per row, so the sums have the same bits */
+static inline void sum_rows(const float p[CB][CB], float *y) {
+    for (int c = 0; c < CB; c++) {
+        float t[CB];
+        memcpy(t, p[c], sizeof t);
+        for (int w = CB / 2; w >= 1; w /= 2)
+            for (int l = 0; l < w; l++) t[l] += t[l + w];
+        y[c] = t[0];
+    }
+}
+#else
 typedef float lanes_v __attribute__((vector_size(CB * sizeof(float))));
 typedef int lanes_i __attribute__((vector_size(CB * sizeof(int))));
 static inline void sum_rows(const float p[CB][CB], float *y) {
@@ -149,6 +162,7 @@ static inline void sum_rows(const float p[CB][CB], float *y) {
                    __builtin_shuffle(v[2 * k], v[2 * k + 1], hi[level]);
     memcpy(y, &v[0], sizeof v[0]);
 }
+#endif
 
 /* One step (L = 1: decoding) of channels [c0, c1). The state stays in its
  * (d_inner, d_state) layout, a channel's states CB at a time in one vector
