@@ -70,19 +70,27 @@ conv_bwd_kernel(const T *dout, const float *dout32, const T *x, const float *w, 
     const int c = blockIdx.y, t0 = blockIdx.x * TILE;
     const size_t row = ((size_t)blockIdx.z * C + c) * L;
     if (threadIdx.x < K) ws[threadIdx.x] = w[(size_t)c * K + threadIdx.x];
+    /* the output gradients of steps t0 … t0 + TILE + K − 2 (the last K − 1
+     * feed this tile's dx) into registers, their loads issued together with
+     * the tile's inputs: one round trip to memory */
+    float go[PER + 1];
+#pragma unroll
+    for (int i = 0; i <= PER; i++) {
+        const int j = threadIdx.x + i * BLOCK, t = t0 + j;
+        go[i] = 0.f;
+        if (t < L && j < TILE + K - 1)
+            go[i] = (dout ? to_f(dout[row + t]) : 0.f) + (dout32 ? dout32[row + t] : 0.f);
+    }
     load_tile(xs, x + row, t0, L);
     __syncthreads();
     const float b0 = bias ? bias[c] : 0.f;
-    /* g for steps t0 … t0 + TILE + K − 2 (the last K − 1 feed this tile's dx) */
-    for (int j = threadIdx.x; j < TILE + K - 1; j += BLOCK) {
-        const int t = t0 + j;
-        float g = 0.f;
-        if (t < L) {
-            const float pre = conv_at(xs, ws, b0, K, j), sg = sigmoid(pre);
-            const float go = (dout ? to_f(dout[row + t]) : 0.f) + (dout32 ? dout32[row + t] : 0.f);
-            g = go * sg * (1.f + pre * (1.f - sg));
-        }
-        gs[j] = g;
+    /* g at the recomputed pre-activation */
+#pragma unroll
+    for (int i = 0; i <= PER; i++) {
+        const int j = threadIdx.x + i * BLOCK;
+        if (j >= TILE + K - 1) break;
+        const float pre = conv_at(xs, ws, b0, K, j), sg = sigmoid(pre);
+        gs[j] = go[i] * sg * (1.f + pre * (1.f - sg));
     }
     __syncthreads();
     float sums[CONV_MAX_K + 1];

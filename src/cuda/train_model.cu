@@ -23,7 +23,7 @@ namespace {
 
 constexpr size_t ALIGN = 256;                        /* of every carved buffer */
 constexpr size_t BLAS_WORKSPACE = (size_t)32 << 20;
-constexpr size_t LOGITS_BYTES = (size_t)256 << 20;   /* of one chunk of head logits */
+constexpr size_t LOGITS_BYTES = (size_t)1 << 30;     /* of one chunk of head logits */
 constexpr size_t NONE = (size_t)-1;                  /* offset of an absent tensor */
 
 int cuda_fail(cudaError_t e, const char *what, cmamba_error *err) {
