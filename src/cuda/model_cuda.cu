@@ -8,6 +8,7 @@
 
 #include <algorithm>
 
+#include "cuda/check.cuh"
 #include "cuda/gemm.cuh"
 #include "cuda/model_cuda.h"
 #include "cuda/model_kernels.cuh"
@@ -22,7 +23,6 @@ namespace {
 
 constexpr int CHUNK = 2048;     /* prompt tokens per pass through the network */
 constexpr int HEAD_ROWS = 256;  /* logits rows per head product when all are wanted */
-constexpr size_t ALIGN = 256;   /* of every tensor in the weight and scratch blocks */
 constexpr size_t BLAS_WORKSPACE = (size_t)32 << 20; /* fixed, so graph capture allocates nothing */
 constexpr int MODES = 4;        /* step outputs: bit 0 logits, bit 1 argmax */
 enum { IN_PROJ, X_PROJ, OUT_PROJ, HEAD, PRODUCTS }; /* the decoding step's products */
@@ -32,34 +32,6 @@ enum { IN_PROJ, X_PROJ, OUT_PROJ, HEAD, PRODUCTS }; /* the decoding step's produ
 struct Layer {
     const float *norm, *in_b, *conv_w, *conv_b, *dt_b, *A, *D, *out_b;
     const void *in_w, *x_w, *dt_w, *out_w;
-};
-
-int cuda_fail(cudaError_t e, const char *what, cmamba_error *err) {
-    if (e == cudaSuccess) return 0;
-    cudaGetLastError(); /* clear a sticky launch error so later calls report their own */
-    return cm_fail(err, "CUDA: %s: %s", what, cudaGetErrorString(e));
-}
-int blas_fail(cublasStatus_t s, const char *what, cmamba_error *err) {
-    if (s == CUBLAS_STATUS_SUCCESS) return 0;
-    return cm_fail(err, "cuBLAS: %s: %s", what, cublasGetStatusString(s));
-}
-#define CU(call) \
-    do { if (cuda_fail((call), #call, err)) return -1; } while (0)
-#define BLAS(call) \
-    do { if (blas_fail((call), #call, err)) return -1; } while (0)
-
-size_t align_up(size_t n) { return (n + ALIGN - 1) / ALIGN * ALIGN; }
-
-/* Carves tensors out of one device allocation: a first pass with base NULL
- * only adds up the sizes. */
-struct Carver {
-    char *base;
-    size_t used;
-    void *take(size_t bytes) {
-        void *p = base ? base + used : nullptr;
-        used += align_up(bytes);
-        return p;
-    }
 };
 
 } // namespace

@@ -6,6 +6,7 @@
 
 #include <cuda_runtime.h>
 
+#include "cuda/check.cuh"
 #include "cuda/nccl_group.h"
 extern "C" {
 #include "common.h"
@@ -39,11 +40,6 @@ struct cm_cuda_group {
 #endif
 };
 
-static int cuda_fail(cudaError_t e, const char *what, cmamba_error *err) {
-    if (e == cudaSuccess) return 0;
-    cudaGetLastError();
-    return cm_fail(err, "CUDA: %s: %s", what, cudaGetErrorString(e));
-}
 
 #if HAVE_NCCL_HEADER
 /* Opens NCCL; 0 with g->lib NULL when it is not installed. */
@@ -93,24 +89,24 @@ int cm_cuda_group_new(cm_dist *d, cm_cuda_group **out, cmamba_error *err) {
     if (!g) return -1;
     g->dist = d;
     int gpus = 0;
-    if (cuda_fail(cudaGetDeviceCount(&gpus), "cudaGetDeviceCount", err)) goto fail;
+    if (cm::cuda_fail(cudaGetDeviceCount(&gpus), "cudaGetDeviceCount", err)) goto fail;
     if (gpus < 1) {
         cm_fail(err, "no CUDA device");
         goto fail;
     }
     g->device = cm_dist_local_rank(d) % gpus;
     g->sharing = cm_dist_local_world(d) > gpus;
-    if (cuda_fail(cudaSetDevice(g->device), "cudaSetDevice", err)) goto fail;
+    if (cm::cuda_fail(cudaSetDevice(g->device), "cudaSetDevice", err)) goto fail;
 #if HAVE_NCCL_HEADER
     if (!g->sharing) {
         if (nccl_open(g, err)) goto fail;
         if (g->lib) {
             if (nccl_connect(g, err) ||
-                cuda_fail(cudaStreamCreateWithFlags(&g->comm_stream, cudaStreamNonBlocking),
+                cm::cuda_fail(cudaStreamCreateWithFlags(&g->comm_stream, cudaStreamNonBlocking),
                           "cudaStreamCreate", err) ||
-                cuda_fail(cudaEventCreateWithFlags(&g->ready, cudaEventDisableTiming),
+                cm::cuda_fail(cudaEventCreateWithFlags(&g->ready, cudaEventDisableTiming),
                           "cudaEventCreate", err) ||
-                cuda_fail(cudaEventCreateWithFlags(&g->done, cudaEventDisableTiming),
+                cm::cuda_fail(cudaEventCreateWithFlags(&g->done, cudaEventDisableTiming),
                           "cudaEventCreate", err))
                 goto fail;
             *out = g;
@@ -154,15 +150,15 @@ int cm_cuda_group_allreduce(cm_cuda_group *g, float *data, size_t n, void *strea
     if (n > g->host_n) {
         cudaFreeHost(g->host);
         g->host = NULL, g->host_n = 0;
-        if (cuda_fail(cudaMallocHost((void **)&g->host, n * sizeof(float)), "cudaMallocHost", err))
+        if (cm::cuda_fail(cudaMallocHost((void **)&g->host, n * sizeof(float)), "cudaMallocHost", err))
             return -1;
         g->host_n = n;
     }
-    if (cuda_fail(cudaMemcpyAsync(g->host, data, n * sizeof(float), cudaMemcpyDeviceToHost, stream),
+    if (cm::cuda_fail(cudaMemcpyAsync(g->host, data, n * sizeof(float), cudaMemcpyDeviceToHost, stream),
                   "copy to host", err) ||
-        cuda_fail(cudaStreamSynchronize(stream), "cudaStreamSynchronize", err) ||
+        cm::cuda_fail(cudaStreamSynchronize(stream), "cudaStreamSynchronize", err) ||
         cm_dist_allreduce_sum(g->dist, g->host, n, CM_DIST_F32, err) ||
-        cuda_fail(cudaMemcpyAsync(data, g->host, n * sizeof(float), cudaMemcpyHostToDevice, stream),
+        cm::cuda_fail(cudaMemcpyAsync(data, g->host, n * sizeof(float), cudaMemcpyHostToDevice, stream),
                   "copy to device", err))
         return -1;
     return 0;
@@ -175,8 +171,8 @@ int cm_cuda_group_allreduce_after(cm_cuda_group *g, float *data, size_t n, void 
     if (g->comm) {
         /* an event may be recorded again once waited on: the wait keeps
          * the work it stood for */
-        if (cuda_fail(cudaEventRecord(g->ready, stream), "cudaEventRecord", err) ||
-            cuda_fail(cudaStreamWaitEvent(g->comm_stream, g->ready, 0), "cudaStreamWaitEvent", err))
+        if (cm::cuda_fail(cudaEventRecord(g->ready, stream), "cudaEventRecord", err) ||
+            cm::cuda_fail(cudaStreamWaitEvent(g->comm_stream, g->ready, 0), "cudaStreamWaitEvent", err))
             return -1;
         return cm_cuda_group_allreduce(g, data, n, g->comm_stream, err);
     }
@@ -187,8 +183,8 @@ int cm_cuda_group_allreduce_after(cm_cuda_group *g, float *data, size_t n, void 
 int cm_cuda_group_join(cm_cuda_group *g, void *stream_, cmamba_error *err) {
     cudaStream_t stream = (cudaStream_t)stream_;
     if (!g->comm_stream) return 0;
-    if (cuda_fail(cudaEventRecord(g->done, g->comm_stream), "cudaEventRecord", err) ||
-        cuda_fail(cudaStreamWaitEvent(stream, g->done, 0), "cudaStreamWaitEvent", err))
+    if (cm::cuda_fail(cudaEventRecord(g->done, g->comm_stream), "cudaEventRecord", err) ||
+        cm::cuda_fail(cudaStreamWaitEvent(stream, g->done, 0), "cudaStreamWaitEvent", err))
         return -1;
     return 0;
 }

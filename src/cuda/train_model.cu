@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "cuda/check.cuh"
 #include "cuda/train_cuda.h"
 #include "cuda/train_kernels.cuh"
 extern "C" { /* the library's internal headers are C */
@@ -21,35 +22,9 @@ using namespace cm;
 
 namespace {
 
-constexpr size_t ALIGN = 256;                        /* of every carved buffer */
 constexpr size_t BLAS_WORKSPACE = (size_t)32 << 20;
 constexpr size_t LOGITS_BYTES = (size_t)1 << 30;     /* of one chunk of head logits */
 constexpr size_t NONE = (size_t)-1;                  /* offset of an absent tensor */
-
-int cuda_fail(cudaError_t e, const char *what, cmamba_error *err) {
-    if (e == cudaSuccess) return 0;
-    cudaGetLastError(); /* clear a sticky launch error so later calls report their own */
-    return cm_fail(err, "CUDA: %s: %s", what, cudaGetErrorString(e));
-}
-int blas_fail(cublasStatus_t s, const char *what, cmamba_error *err) {
-    if (s == CUBLAS_STATUS_SUCCESS) return 0;
-    return cm_fail(err, "cuBLAS: %s: %s", what, cublasGetStatusString(s));
-}
-#define CU(call) \
-    do { if (cuda_fail((call), #call, err)) return -1; } while (0)
-#define BLAS(call) \
-    do { if (blas_fail((call), #call, err)) return -1; } while (0)
-
-/* Carves buffers out of one device allocation; with base NULL it only adds
- * up the sizes. */
-struct Carver {
-    char *base;
-    size_t used;
-    template <typename P> void take(P *&p, size_t bytes) {
-        p = base ? (P *)(base + used) : nullptr;
-        used += (bytes + ALIGN - 1) / ALIGN * ALIGN;
-    }
-};
 
 /* Offsets (floats) of one layer's tensors in the flat buffers; NONE when absent. */
 struct LayerOff {
