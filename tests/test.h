@@ -73,6 +73,17 @@ static inline double rel_err_f32_f64(const float *a, const double *b, size_t n) 
     return den > 0 ? num / den : num;
 }
 
+/* The same for two float arrays (a NaN anywhere in a - b counts as infinite). */
+static inline double rel_err(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double d = fabs((double)a[i] - b[i]);
+        if (d > num || d != d) num = d != d ? INFINITY : d;
+        den = fmax(den, fabs((double)b[i]));
+    }
+    return den > 0 ? num / den : num;
+}
+
 static inline int test_summary(void) {
     fprintf(stderr, "%d checks, %d failed\n", test_checks, test_failures);
     return test_failures ? 1 : 0;

@@ -33,16 +33,6 @@
 static const double TOL[2] = {1e-4, 2e-2}; /* fp32, bf16 */
 static double worst[2];
 
-static double rel_err(const float *a, const float *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        const double d = fabs((double)a[i] - b[i]);
-        if (d > num || d != d) num = d != d ? INFINITY : d;
-        den = fmax(den, fabs((double)b[i]));
-    }
-    return den > 0 ? num / den : num;
-}
-
 static void expect(const char *model, int bf16, const char *what, const float *gpu,
                    const float *cpu, size_t n) {
     const double e = rel_err(gpu, cpu, n);

@@ -35,16 +35,6 @@ static const double TOL[2] = {1e-4, 3e-2}, LOSS_TOL[2] = {1e-5, 1e-3};
 
 #define OK(call) CHECK_MSG((call) == 0, "%s: %s", #call, err.msg)
 
-static double rel_err(const float *a, const float *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        const double d = fabs((double)a[i] - b[i]);
-        if (d > num || d != d) num = d != d ? INFINITY : d;
-        den = fmax(den, fabs((double)b[i]));
-    }
-    return den > 0 ? num / den : num;
-}
-
 /* per tensor; returns the worst */
 static double compare_tensors(const char *what, const cm_train_model *m, const float *gpu,
                               const float *cpu, double tol) {

@@ -275,14 +275,6 @@ static void test_row_range(cm_wtype t, int L) {
  * each format: the logits of a sequence, through the selective scan and
  * through recurrent steps, against the f32 model's; and the step path
  * against the sequence path of the same format. */
-static double max_rel(const float *a, const float *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        num = fmax(num, fabs((double)a[i] - b[i]));
-        den = fmax(den, fabs((double)b[i]));
-    }
-    return num / den;
-}
 
 static double rms_rel(const float *a, const float *b, size_t n) {
     double num = 0, den = 0;
@@ -326,8 +318,8 @@ static void test_model(const char *dir, int tied) {
         for (int t = 0; t < T; t++)
             CHECK(cmamba_step(m, st, ids[t], step + (size_t)t * cfg.vocab_size, &err) == 0);
         if (d == CMAMBA_DTYPE_F32) memcpy(ref, seq, sizeof(float) * n);
-        const double e_seq = max_rel(seq, ref, n), e_step = max_rel(step, ref, n),
-                     e_path = max_rel(step, seq, n), rms = rms_rel(seq, ref, n);
+        const double e_seq = rel_err(seq, ref, n), e_step = rel_err(step, ref, n),
+                     e_path = rel_err(step, seq, n), rms = rms_rel(seq, ref, n);
         /* fp32 reassociation for f32; then each format's rounding of the
          * weights (2⁻⁸ relative for bf16, half a step of 1/127 or 1/7 of a
          * block's largest weight), and for steps q8's and q4's int8 inputs */

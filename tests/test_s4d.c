@@ -27,16 +27,6 @@
 static const float EPS = 1e-2f;
 static const double TOL_FWD = 1e-5, TOL_FD = 3e-3, TOL_BWD = 1e-4;
 
-
-
-static double rel_err(const float *a, const float *b, size_t n) {
-    double *bd = malloc(sizeof(double) * (n ? n : 1));
-    for (size_t i = 0; i < n; i++) bd[i] = b[i];
-    const double e = rel_err_f32_f64(a, bd, n);
-    free(bd);
-    return e;
-}
-
 static const char *mode_name(cm_s4d_mode m) {
     static const char *const names[] = {"scan", "conv", "direct", "fft"};
     return names[m];

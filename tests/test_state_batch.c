@@ -18,15 +18,6 @@
  * are reassociated, so batched and single logits agree to rounding */
 static const double TOL_BATCH = 1e-5, TOL_CHUNK = 1e-5;
 
-static double rel_err(const float *a, const float *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        num = fmax(num, fabs((double)a[i] - b[i]));
-        den = fmax(den, fabs((double)b[i]));
-    }
-    return den > 0 ? num / den : num;
-}
-
 static void write_bytes(const char *path, const void *data, size_t n) {
     FILE *f = fopen(path, "wb");
     fwrite(data, 1, n, f);
