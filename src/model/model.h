@@ -40,6 +40,8 @@ struct cmamba_model {
     cm_tensor_set *tensors; /* the mapped checkpoint */
     void **owned;           /* converted or realigned copies */
     size_t n_owned;
+    unsigned char *pack;    /* the owned chunk that weight matrices are packed into */
+    size_t pack_used;
 };
 
 /* Per layer l: conv state at conv + l·d_inner·(d_conv−1), holding for each

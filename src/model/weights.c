@@ -1,14 +1,14 @@
 /* Binds checkpoint tensors to the model's weights, checking every name,
  * shape and dtype against the config. Aligned fp32 tensors are used as
- * stored (in place in the mapping, but for the large matrices, which
- * move_mapped copies into huge pages); f16/bf16/f64 are converted.
+ * stored (in place in the mapping; the projections' matrices copied into
+ * huge pages); f16/bf16/f64 are converted.
  * Tensors the config does not ask for (a stray bias, a tied model's
  * lm_head) are ignored, as transformers does.
  *
  * The projections become matrices of the requested format: used as stored
  * when the checkpoint stores them so (f32, bf16, or the q8/q4 quants and
  * scales `cmamba quantize` writes: docs/formats.md), else encoded row by
- * row from their fp32 values; large ones in huge pages (move_mapped). */
+ * row from their fp32 values; either way in huge pages (own_matrix). */
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -32,6 +32,39 @@ static void *own(cmamba_model *m, size_t bytes, cmamba_error *err) {
     if (!p) { cm_fail(err, "out of memory"); return NULL; }
     m->owned[m->n_owned++] = p;
     return p;
+}
+
+/* A weight matrix's buffer: packed with the others into chunks of PACK
+ * bytes (huge pages, with no rounding of each matrix to 2 MiB), a matrix
+ * of more than PACK/4 in one of its own. */
+enum { PACK = 32 << 20 };
+static void *own_matrix(cmamba_model *m, size_t bytes, cmamba_error *err) {
+    bytes = (bytes + 63) / 64 * 64;
+    if (bytes > PACK / 4) return own(m, bytes, err);
+    if (!m->pack || m->pack_used + bytes > PACK) {
+        if (!(m->pack = own(m, PACK, err))) return NULL;
+        m->pack_used = 0;
+    }
+    void *p = m->pack + m->pack_used;
+    m->pack_used += bytes;
+    return p;
+}
+
+/* A matrix used in place from the checkpoint's mapping (4 KiB pages, over
+ * which decoding streamed 15-25% slower) moves into huge pages, and the
+ * mapping's pages it covered are dropped, so that the resident size stays
+ * about that of the weights. */
+static int to_huge_pages(cmamba_model *m, cm_matrix *w, cmamba_error *err) {
+    const size_t bytes = (size_t)w->rows * cm_matrix_row_bytes(w->type, w->cols);
+    void *copy = own_matrix(m, bytes, err);
+    if (!copy) return -1;
+    memcpy(copy, w->q, bytes);
+    const long page = sysconf(_SC_PAGESIZE);
+    const uintptr_t lo = ((uintptr_t)w->q + page - 1) / page * page,
+                    hi = ((uintptr_t)w->q + bytes) / page * page;
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED); /* read again if read */
+    w->q = copy;
+    return 0;
 }
 
 static void format_shape(char *buf, size_t cap, int ndim, const int64_t *shape) {
@@ -155,20 +188,20 @@ static int bind_matrix(cmamba_model *m, const char *dir, const cm_param_desc *p,
                                                       : CM_WT_F32;
     if (stored.q && stored.type == type) {
         *out = stored;
-        return 0;
+        return to_huge_pages(m, out, err);
     }
     *out = (cm_matrix){.type = type, .rows = rows, .cols = cols};
     const int aligned = (uintptr_t)t->data % cm_dtype_size(t->dtype) == 0;
     if (aligned && ((t->dtype == CM_DT_F32 && type == CM_WT_F32) ||
                     (t->dtype == CM_DT_BF16 && type == CM_WT_BF16))) {
         out->q = t->data;
-        return 0;
+        return to_huge_pages(m, out, err);
     }
     /* encoded from fp32 rows, each thread through its own row buffer */
     const size_t row_bytes = cm_matrix_row_bytes(type, cols);
     const int nsc = cm_matrix_row_scales(type, cols), threads = omp_get_max_threads();
-    unsigned char *q = own(m, (size_t)rows * row_bytes, err);
-    uint16_t *scale = nsc ? own(m, sizeof *scale * rows * nsc, err) : NULL;
+    unsigned char *q = own_matrix(m, (size_t)rows * row_bytes, err);
+    uint16_t *scale = nsc ? own_matrix(m, sizeof *scale * rows * nsc, err) : NULL;
     float *buf = cm_malloc(sizeof(float) * cols * threads, err);
     if (!q || (nsc && !scale) || !buf) {
         free(buf);
@@ -231,46 +264,6 @@ const float *cm_model_vector(const cmamba_model *m, const cm_param_desc *p) {
     return slot ? *slot : NULL;
 }
 
-static int owned_by(const cmamba_model *m, const void *p) {
-    for (size_t i = 0; i < m->n_owned; i++)
-        if (m->owned[i] == p) return 1;
-    return 0;
-}
-
-/* Matrices used in place stream from the checkpoint's mapping, in 4 KiB
- * pages, which decoding read measured 15-25% slower than huge pages: the
- * large ones (from HUGE_MATRIX bytes) move into one buffer of the model's
- * own (own(): huge pages), and the mapping's pages they covered are
- * dropped, so that the resident size stays about that of the weights. */
-static int move_mapped(cmamba_model *m, const cm_param_desc *params, size_t n, cmamba_error *err) {
-    enum { HUGE_MATRIX = 2 << 20 };
-    size_t total = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        unsigned char *arena = NULL;
-        if (pass == 1 && !(arena = own(m, total, err))) return -1;
-        size_t at = 0;
-        for (size_t i = 0; i < n; i++) {
-            cm_matrix *w = matrix_slot(m, &params[i]);
-            const size_t bytes = w ? (size_t)w->rows * cm_matrix_row_bytes(w->type, w->cols) : 0;
-            if (bytes < HUGE_MATRIX || owned_by(m, w->q)) continue;
-            const size_t span = (bytes + 63) / 64 * 64;
-            if (pass == 0) {
-                total += span;
-                continue;
-            }
-            memcpy(arena + at, w->q, bytes);
-            const long page = sysconf(_SC_PAGESIZE);
-            const uintptr_t lo = ((uintptr_t)w->q + page - 1) / page * page,
-                            hi = ((uintptr_t)w->q + bytes) / page * page;
-            if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED); /* read again if read */
-            w->q = arena + at;
-            at += span;
-        }
-        if (total == 0) return 0;
-    }
-    return 0;
-}
-
 int cm_model_bind_weights(cmamba_model *m, const char *dir, cmamba_dtype dtype,
                           cmamba_error *err) {
     const cmamba_config *c = &m->cfg;
@@ -297,7 +290,6 @@ int cm_model_bind_weights(cmamba_model *m, const char *dir, cmamba_dtype dtype,
             for (size_t k = 0; k < p->numel; k++) w->A[k] = -expf(v[k]);
         }
     }
-    if (rc == 0) rc = move_mapped(m, params, n, err);
     if (c->tie_embeddings) m->lm_head = m->embedding;
     free(params);
     return rc;
