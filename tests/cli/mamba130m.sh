@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A checkpoint with the exact shapes of mamba-130m (random weights, ~517 MB):
 # it loads, generates, and stays resident at about the size of its weights
-# (the large matrices move from the file's mapping into huge pages at load,
+# (the projection matrices move from the file's mapping into huge pages at load,
 # the mapping's pages dropped: src/model/weights.c).
 set -euo pipefail
 if [ "${CMAMBA_SANITIZED:-0}" = 1 ]; then
