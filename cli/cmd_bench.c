@@ -1,8 +1,9 @@
 /* cmamba bench: prompt and generation speed of a checkpoint, stated against
  * this machine's own limits, which it measures (cpu/roofline.h; on the GPU,
  * its device-to-device copy bandwidth): generation reads every weight once
- * per step, so its bound is memory bandwidth; a prompt is matrix work, so
- * its bound is the FMA rate. */
+ * per step, so its bound is memory bandwidth, measured in turns with the
+ * steps (docs/performance.md); a prompt is matrix work, so its bound is the
+ * FMA rate. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -28,16 +29,17 @@ static const char *usage =
     "usage: cmamba bench --model DIR [--prompt P] [--gen G] [--batch N] [--threads T]\n"
     "                    [--device D] [--dtype T] [--json] [--quiet]\n"
     "\n"
-    "Measures this machine's memory read bandwidth and fp32 FMA peak, then runs\n"
-    "the model over a prompt of P random tokens (prefill, the selective scan)\n"
-    "and generates G tokens for each of N sequences continuing from it (the\n"
-    "recurrence; the N sequences step together and share each read of the\n"
+    "Runs the model over a prompt of P random tokens (prefill, the selective\n"
+    "scan) and generates G tokens for each of N sequences continuing from it\n"
+    "(the recurrence; the N sequences step together and share each read of the\n"
     "weights). Reports tokens/s, the prefill's model FLOP rate (2 flops per\n"
-    "weight of every projection per token) as a fraction of the FMA peak, the\n"
-    "bytes of weights read per generation step, the rate they stream at as a\n"
-    "fraction of the read bandwidth, and peak RSS. On the GPU the bandwidth is\n"
-    "that of a device-to-device copy (bytes read + written), and the weights are\n"
-    "counted in the precision they run in.\n"
+    "weight of every projection per token) as a fraction of this machine's\n"
+    "fp32 FMA peak, the bytes of weights read per generation step, the rate they\n"
+    "stream at as a fraction of the memory read bandwidth, and peak RSS. On the\n"
+    "CPU the steps go in bursts, each followed by one read of a 256 MiB buffer:\n"
+    "both rates are medians over the bursts, measured in turns. On the GPU the\n"
+    "bandwidth is that of a device-to-device copy (bytes read + written), and\n"
+    "the weights are counted in the precision they run in.\n"
     "\n"
     "  --model DIR     checkpoint folder ('cmamba init --preset 130m' makes one)\n"
     "  --prompt P      prompt tokens (default 512; 0 skips the prefill)\n"
