@@ -15,12 +15,16 @@
  *   dot_q4(w, x, lo, hi)    a plain q4 group (32 bytes) · 64 inputs: lo
  *                           for the low nibbles (block 0), hi for the high
  *
+ * for several inputs at once (rows_quant_n), prepared chunks vq and int32
+ * lanes vi: prep_chunks, vi_bias, dot_prep, vi_to_vf, QW chunks a vq;
+ *
  * and CM_GEMV_NAME, the function to define. A weight row streams from
  * memory once per product, so the loops keep the work per byte small: a
  * superblock's integer dot products (matrix.h) need one conversion and
- * one FMA with the combined scales of its 8 blocks. The rows go in order,
- * one at a time, a single stream that the hardware prefetcher follows (two
- * rows at a time, two streams, measured half as fast). */
+ * one FMA with the combined scales of its 8 blocks. For one input the rows
+ * go in order, one at a time, a single stream that the hardware prefetcher
+ * follows (two rows at a time, two streams, measured half as fast); for
+ * several, the products are bound by arithmetic instead. */
 #include "common.h"
 #include "cpu/gemv.h"
 

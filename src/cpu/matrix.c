@@ -4,8 +4,9 @@
  * One token (L == 1) reads every weight once, so its speed is the rate the
  * weights stream from memory: the GEMV kernels (gemv_kernel.h) read them
  * in their stored form, q8 and q4 as integer dot products with the input
- * quantised to int8 per block. A few rows (a batch of sequences) take one
- * GEMV each. Many rows (prompts) are compute-bound instead: W is decoded a
+ * quantised to int8 per block. A few rows (a batch of sequences) go
+ * through the kernels up to CM_GEMV_MAX_N at a time, sharing each read of
+ * a weight. Many rows (prompts) are compute-bound instead: W is decoded a
  * tile at a time to fp32 and OpenBLAS's sgemm does the arithmetic, in
  * fixed tiles that OpenMP's threads share out, as in src/cpu/linear.c
  * (whose reasons apply here). */
