@@ -10,13 +10,7 @@ rm -rf "$T"; mkdir -p "$T"
 "$CMAMBA_BIN" init --d-model 64 --n-layer 2 --vocab 50 --seed 3 --out "$T/m" >/dev/null
 gen() { "$CMAMBA_BIN" generate --model "$T/m" --print-ids --quiet -n 16 --temperature 0 "$@"; }
 
-one_line_error() { # message part, command...
-  local want=$1 out; shift
-  if out=$("$@" 2>&1 >/dev/null); then echo "accepted: $*"; exit 1; fi
-  [ "$(echo "$out" | wc -l)" = 1 ] && [[ "$out" == *"$want"* ]] ||
-    { echo "unclear error for $*: $out"; exit 1; }
-  echo "refused: $out"
-}
+source "$(dirname "$0")/lib/one_line_error.sh"
 one_line_error "expected cpu or cuda" gen --ids 1,2 --device tpu
 one_line_error "expected f32, bf16, q8 or q4" gen --ids 1,2 --dtype f16
 if ! "$CMAMBA_BIN" --version | grep -q cuda; then

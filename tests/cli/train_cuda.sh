@@ -12,13 +12,7 @@ rm -rf "$T"; mkdir -p "$T"
 train() { "$CMAMBA_BIN" train --task selective-copying --task-len 64 --task-tokens 4 --task-vocab 8 \
             --d-model 32 --n-layer 2 --batch 4 --steps 6 --eval-batches 1 --quiet "$@"; }
 
-one_line_error() { # message part, command...
-  local want=$1 out; shift
-  if out=$("$@" 2>&1 >/dev/null); then echo "accepted: $*"; exit 1; fi
-  [ "$(echo "$out" | wc -l)" = 1 ] && [[ "$out" == *"$want"* ]] ||
-    { echo "unclear error for $*: $out"; exit 1; }
-  echo "refused: $out"
-}
+source "$(dirname "$0")/lib/one_line_error.sh"
 one_line_error "trains on the GPU only" train --out "$T/x" --dtype bf16
 one_line_error "not q8" train --out "$T/x" --dtype q8
 one_line_error "runs on the GPU only" "$CMAMBA_BIN" grad --model "$T/m" --ids 1,2 --out "$T/g" --dtype bf16
