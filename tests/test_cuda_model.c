@@ -16,7 +16,6 @@
  * Exit 77 without a GPU. */
 #include <cjson/cJSON.h>
 #include <cuda_runtime_api.h>
-#include <dirent.h>
 #include <stdint.h>
 #include <sys/stat.h>
 
@@ -25,6 +24,7 @@
 #include "cuda/gemv.h"
 #include "cuda/model_cuda.h"
 #include "rng.h"
+#include "fixtures.h"
 #include "test.h"
 #include "train/checkpoint.h"
 #include "train/init.h"
@@ -304,27 +304,6 @@ static void check_fixture(const char *dir, const char *name) {
     cJSON_Delete(fx);
 }
 
-static void check_fixtures(void) {
-    char *root = cm_path_join(test_env("CMAMBA_FIXTURES", "tests/fixtures"), "models");
-    DIR *d = opendir(root);
-    CHECK_MSG(d != NULL, "no fixture folder %s", root);
-    int cases = 0;
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        char *dir = cm_path_join(root, e->d_name), *fx = cm_path_join(dir, "fixture.json");
-        struct stat sb;
-        if (e->d_name[0] != '.' && stat(fx, &sb) == 0) {
-            check_fixture(dir, e->d_name);
-            cases++;
-        }
-        free(dir);
-        free(fx);
-    }
-    if (d) closedir(d);
-    free(root);
-    CHECK_MSG(cases >= 5, "only %d fixtures found", cases);
-}
-
 /* n values in [−1, 1), as the device holds them (bf16: rounded) */
 static float *random_operand(size_t n, int bf16, uint64_t *rng) {
     float *v = malloc(sizeof *v * n);
@@ -454,7 +433,7 @@ int main(void) {
     cmamba_model_free(m);
     free(dir);
 
-    check_fixtures();
+    for_each_fixture(check_fixture);
     printf("worst error: fp32 %.3g (tolerance 1e-4), bf16 %.3g (tolerance 2e-2)\n", worst[0],
            worst[1]);
     return test_summary();

@@ -3,9 +3,9 @@
  * sequence path and of the step path within 1e-4 (max |Δ| / max |ref|), and
  * greedy continuations identical. */
 #include <cjson/cJSON.h>
-#include <dirent.h>
 
 #include "common.h"
+#include "fixtures.h"
 #include "test.h"
 
 static const double TOL = 1e-4;
@@ -128,25 +128,6 @@ static void check_fixture(const char *dir, const char *name) {
 }
 
 int main(void) {
-    char *root = cm_path_join(test_env("CMAMBA_FIXTURES", "tests/fixtures"), "models");
-    DIR *d = opendir(root);
-    CHECK_MSG(d != NULL, "no fixture folder %s", root);
-    int cases = 0;
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        char *dir = cm_path_join(root, e->d_name), *fx = cm_path_join(dir, "fixture.json");
-        FILE *f = fopen(fx, "rb");
-        if (f) {
-            fclose(f);
-            check_fixture(dir, e->d_name);
-            cases++;
-        }
-        free(dir);
-        free(fx);
-    }
-    if (d) closedir(d);
-    free(root);
-    CHECK_MSG(cases >= 5, "only %d fixtures found", cases);
+    for_each_fixture(check_fixture);
     return test_summary();
 }

@@ -27,6 +27,7 @@
 #include "common.h"
 #include "cpu/matrix.h"
 #include "model/ops.h"
+#include "fixtures.h"
 #include "test.h"
 #include "train/checkpoint.h"
 #include "train/train_model.h"
@@ -389,11 +390,6 @@ int main(void) {
         }
     test_model(dir, 1);
     test_model(dir, 0);
-    char path[128];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    unlink(path);
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    unlink(path);
-    rmdir(dir);
+    remove_model_dir(dir);
     return test_summary();
 }

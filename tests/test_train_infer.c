@@ -8,6 +8,7 @@
 
 #include "cmamba.h"
 #include "rng.h"
+#include "fixtures.h"
 #include "test.h"
 #include "train/checkpoint.h"
 #include "train/train_model.h"
@@ -74,11 +75,6 @@ int main(void) {
     if (!mkdtemp(dir)) SKIP("no temporary folder");
     check(CMAMBA_SSM_S6, dir);
     check(CMAMBA_SSM_S4D, dir);
-    char path[128];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    unlink(path);
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    unlink(path);
-    rmdir(dir);
+    remove_model_dir(dir);
     return test_summary();
 }
