@@ -300,10 +300,3 @@ int cm_dist_broadcast(cm_dist *d, void *buf, size_t n, cmamba_error *err) {
         if (send_all(d, d->peer[r], r, buf, n, err)) return -1;
     return 0;
 }
-
-int cm_dist_barrier(cm_dist *d, cmamba_error *err) {
-    double one = 1;
-    if (cm_dist_allreduce_sum(d, &one, 1, CM_DIST_F64, err)) return -1;
-    if (one != d->world) return cm_fail(err, "rank %d: barrier counted %g ranks", d->rank, one);
-    return 0;
-}

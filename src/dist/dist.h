@@ -46,7 +46,6 @@ typedef enum { CM_DIST_F32 = 0, CM_DIST_F64 = 1 } cm_dist_type;
 int cm_dist_allreduce_sum(cm_dist *d, void *buf, size_t n, cm_dist_type type, cmamba_error *err);
 /* buf (n bytes) := rank 0's buf. */
 int cm_dist_broadcast(cm_dist *d, void *buf, size_t n, cmamba_error *err);
-int cm_dist_barrier(cm_dist *d, cmamba_error *err);
 
 #ifdef __cplusplus
 }
