@@ -135,7 +135,7 @@ static int eval_text(runner *r, const cm_text_data *d, int T, long windows, cmam
 
 int cmd_eval(int argc, char **argv) {
     const char *model_dir = NULL, *data = NULL, *tok_path = NULL;
-    cm_task task = {CM_TASK_SELECTIVE_COPYING, 256, 16, 0};
+    cm_task task = {.kind = CM_TASK_SELECTIVE_COPYING, .seq_len = 256, .n_tokens = 16};
     int have_task = 0, cuda = 0;
     cmamba_dtype dtype = CMAMBA_DTYPE_AUTO;
     long v, examples = 100, seq_len = 256, windows = 0, chunk = 4096, threads = 0;

@@ -31,6 +31,9 @@ static const char *usage =
     "  --task-len L       context length of a task example (default 256)\n"
     "  --task-tokens N    data tokens to copy (default 16)\n"
     "  --task-vocab V     data symbols (default 16)\n"
+    "  --task-loss W      recall (default): train on the recalled tokens only;\n"
+    "                     all: on every next token, as the H3/Hyena synthetics did\n"
+    "                     (validation and accuracy score the recall either way)\n"
     "  --data FILE        text file; bytes (vocabulary 256) unless --tokenizer\n"
     "  --tokenizer FILE   a tokenizer.json: train on its BPE tokens\n"
     "  --val-fraction F   held-out tail of the text (default 0.1)\n"
@@ -126,6 +129,11 @@ int cmd_train(int argc, char **argv) {
             VALUE();
             if (!strcmp(val, "s4d")) o.model.ssm = CMAMBA_SSM_S4D;
             else if (strcmp(val, "s6")) die_usage("train", "--ssm: expected s6 or s4d, got '%s'", val);
+        }
+        else if (arg_is(a, "--task-loss")) {
+            VALUE();
+            if (!strcmp(val, "all")) o.task.loss_all = 1;
+            else if (strcmp(val, "recall")) die_usage("train", "--task-loss: expected recall or all, got '%s'", val);
         }
         else if (!strcmp(a, "--quiet")) quiet = 1;
         else if (arg_is(a, "--device")) { VALUE(); cuda = cli_device_arg("train", val); }

@@ -39,11 +39,11 @@ static void check_induction(const cm_task *t, const int32_t *in, const int32_t *
 
 int main(void) {
     const cm_task tasks[] = {
-        {CM_TASK_COPYING, 64, 8, 10},
-        {CM_TASK_SELECTIVE_COPYING, 256, 16, 16},
-        {CM_TASK_SELECTIVE_COPYING, 20, 20, 3}, /* every position is data */
-        {CM_TASK_INDUCTION, 256, 0, 16},
-        {CM_TASK_INDUCTION, 4, 0, 2},
+        {CM_TASK_COPYING, 64, 8, 10, 0},
+        {CM_TASK_SELECTIVE_COPYING, 256, 16, 16, 0},
+        {CM_TASK_SELECTIVE_COPYING, 20, 20, 3, 0}, /* every position is data */
+        {CM_TASK_INDUCTION, 256, 0, 16, 0},
+        {CM_TASK_INDUCTION, 4, 0, 2, 0},
     };
     for (size_t k = 0; k < sizeof tasks / sizeof *tasks; k++) {
         const cm_task *t = &tasks[k];
@@ -64,11 +64,17 @@ int main(void) {
             for (int i = 0; i < n; i += 7) cm_task_stream_next(&s, n - i < 7 ? n - i : 7, in2 + i, tg2 + i);
             CHECK(!memcmp(in, in2, sizeof(int32_t) * n) && !memcmp(tg, tg2, sizeof(int32_t) * n));
             CHECK(r1 == r2);
+            /* every next token scored: the recall targets stay, the others
+             * become the next input */
+            memcpy(tg2, tg, sizeof(int32_t) * n);
+            cm_task_score_all(t, in, tg2);
+            for (int i = 0; i < n; i++)
+                CHECK(tg2[i] == (tg[i] >= 0 ? tg[i] : in[i + 1]) && tg2[i] >= 0);
         }
         free(in);
     }
-    const cm_task bad[] = {{CM_TASK_COPYING, 8, 9, 4}, {CM_TASK_INDUCTION, 2, 0, 4},
-                           {CM_TASK_SELECTIVE_COPYING, 64, 4, 1}};
+    const cm_task bad[] = {{CM_TASK_COPYING, 8, 9, 4, 0}, {CM_TASK_INDUCTION, 2, 0, 4, 0},
+                           {CM_TASK_SELECTIVE_COPYING, 64, 4, 1, 0}};
     for (size_t k = 0; k < 3; k++) CHECK(cm_task_check(&bad[k]) != NULL);
     return test_summary();
 }

@@ -94,6 +94,12 @@ void cm_task_stream_next(cm_task_stream *s, int n, int32_t *inputs, int32_t *tar
     }
 }
 
+void cm_task_score_all(const cm_task *t, const int32_t *inputs, int32_t *targets) {
+    const int n = cm_task_length(t);
+    for (int i = 0; i + 1 < n; i++)
+        if (targets[i] < 0) targets[i] = inputs[i + 1];
+}
+
 void cm_task_sample(const cm_task *t, uint64_t *rng, int32_t *inputs, int32_t *targets) {
     cm_task_stream s;
     cm_task_stream_init(&s, t, rng);

@@ -12,6 +12,8 @@ typedef struct {
     int seq_len;  /* length of the context before the recall part */
     int n_tokens; /* data tokens to copy (copying tasks) */
     int vocab;    /* data symbols */
+    int loss_all; /* training scores every next token (as the H3 and Hyena synthetics
+                     did), not only the recall; evaluation scores the recall */
 } cm_task;
 
 /* Token ids: copying tasks use 0 = noise, 1..vocab = data, vocab+1 = the
@@ -27,6 +29,10 @@ const char *cm_task_check(const cm_task *t);
 
 /* Draws one example: inputs and targets both of cm_task_length(t). */
 void cm_task_sample(const cm_task *t, uint64_t *rng, int32_t *inputs, int32_t *targets);
+
+/* Training targets of an example drawn by cm_task_sample when t->loss_all:
+ * every unscored position gets the next input token as its target. */
+void cm_task_score_all(const cm_task *t, const int32_t *inputs, int32_t *targets);
 
 /* The same example a chunk at a time, in constant memory: init, then
  * cm_task_stream_next until cm_task_length(t) tokens are out. The stream

@@ -118,6 +118,7 @@ static cJSON *options_json(const cm_trainer_options *o) {
     cJSON_AddNumberToObject(j, "task_seq_len", o->task.seq_len);
     cJSON_AddNumberToObject(j, "task_tokens", o->task.n_tokens);
     cJSON_AddNumberToObject(j, "task_vocab", o->task.vocab);
+    cJSON_AddStringToObject(j, "task_loss", o->task.loss_all ? "all" : "recall");
     cJSON_AddStringToObject(j, "data", o->data_path);
     cJSON_AddStringToObject(j, "tokenizer", o->tokenizer_path);
     cJSON_AddNumberToObject(j, "val_fraction", o->val_fraction);
@@ -167,10 +168,15 @@ static int options_parse(const cJSON *j, const char *file, cm_trainer_options *o
         "eval_batches", "save_every"};
     for (int i = 0; i < 24; i++)
         if (num(j, keys[i], file, &v[i], err)) return -1;
-    char task[64], seed[24], ssm[8];
-    const cJSON *ssm_item = cJSON_GetObjectItemCaseSensitive(j, "ssm");
-    snprintf(ssm, sizeof ssm, "s6"); /* absent in checkpoints from before S4D */
-    if (ssm_item && str(j, "ssm", file, ssm, sizeof ssm, err)) return -1;
+    char task[64], seed[24], ssm[8], task_loss[8];
+    /* absent in checkpoints from before S4D and before --task-loss */
+    snprintf(ssm, sizeof ssm, "s6");
+    snprintf(task_loss, sizeof task_loss, "recall");
+    if (cJSON_GetObjectItemCaseSensitive(j, "ssm") && str(j, "ssm", file, ssm, sizeof ssm, err))
+        return -1;
+    if (cJSON_GetObjectItemCaseSensitive(j, "task_loss") &&
+        str(j, "task_loss", file, task_loss, sizeof task_loss, err))
+        return -1;
     if (str(j, "task", file, task, sizeof task, err) ||
         str(j, "data", file, o->data_path, sizeof o->data_path, err) ||
         str(j, "tokenizer", file, o->tokenizer_path, sizeof o->tokenizer_path, err) ||
@@ -189,6 +195,7 @@ static int options_parse(const cJSON *j, const char *file, cm_trainer_options *o
     o->task.seq_len = (int)v[8];
     o->task.n_tokens = (int)v[9];
     o->task.vocab = (int)v[10];
+    o->task.loss_all = !strcmp(task_loss, "all");
     o->val_fraction = v[11];
     o->opt.lr = (float)v[12];
     o->opt.min_lr = (float)v[13];
@@ -402,8 +409,12 @@ static int fill_batch(cm_trainer *t, uint64_t *rng, size_t val_index, cmamba_err
             for (size_t i = 0; i < val_index * B; i++) cm_task_sample(&t->o.task, &vr, t->inputs, t->targets);
             rng = &vr;
         }
-        for (int s = 0; s < B; s++)
-            cm_task_sample(&t->o.task, rng, t->inputs + (size_t)s * T, t->targets + (size_t)s * T);
+        const int train_all = t->o.task.loss_all && rng != &vr;
+        for (int s = 0; s < B; s++) {
+            int32_t *in = t->inputs + (size_t)s * T, *tg = t->targets + (size_t)s * T;
+            cm_task_sample(&t->o.task, rng, in, tg);
+            if (train_all) cm_task_score_all(&t->o.task, in, tg);
+        }
         return 0;
     }
     int32_t *ids = cm_malloc(sizeof(int32_t) * (size_t)B * (T + 1), err);
