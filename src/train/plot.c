@@ -1,5 +1,6 @@
 #include "train/plot.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -92,9 +93,27 @@ int cm_plot_svg(const char *path, const cm_plot_axes *a, const cm_plot_series *s
     for (size_t s = 0; s < n_series; s++) {
         const cm_plot_series *sr = &series[s];
         put(&t, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"", sr->color);
-        for (size_t i = 0; i < sr->n; i++)
-            if (usable(a, sr->x[i], sr->y[i]))
-                put(&t, "%.1f,%.1f ", PX(sr->x[i]), PY(a->log_y ? log10(sr->y[i]) : sr->y[i]));
+        /* one pixel column's lowest and highest point: the same picture as every
+         * point (spikes kept), in a file that does not grow with the steps */
+        long column = LONG_MIN;
+        double lo_y = 0, hi_y = 0;
+        for (size_t i = 0; i <= sr->n; i++) {
+            const int last = i == sr->n;
+            if (!last && !usable(a, sr->x[i], sr->y[i])) continue;
+            const double px = last ? 0 : PX(sr->x[i]);
+            const double py = last ? 0 : PY(a->log_y ? log10(sr->y[i]) : sr->y[i]);
+            if (last || lround(px) != column) {
+                if (column != LONG_MIN) {
+                    put(&t, "%ld,%.1f ", column, lo_y);
+                    if (hi_y != lo_y) put(&t, "%ld,%.1f ", column, hi_y);
+                }
+                if (last) break;
+                column = lround(px);
+                lo_y = hi_y = py;
+            }
+            lo_y = fmin(lo_y, py);
+            hi_y = fmax(hi_y, py);
+        }
         put(&t, "\"/>\n<text x=\"%.0f\" y=\"%zu\" fill=\"%s\" text-anchor=\"end\">%s</text>\n",
             LEFT + pw - 8, TOP + 18 + 16 * s, sr->color, sr->label);
     }
