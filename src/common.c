@@ -73,21 +73,6 @@ float cm_f16_to_f32(uint16_t h) {
     return f;
 }
 
-float cm_bf16_to_f32(uint16_t b) {
-    uint32_t bits = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-uint16_t cm_f32_to_bf16(float f) {
-    uint32_t bits;
-    memcpy(&bits, &f, 4);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40); /* quiet NaN */
-    bits += 0x7fffu + ((bits >> 16) & 1);
-    return (uint16_t)(bits >> 16);
-}
-
 int cm_read_file(const char *path, size_t max_bytes, char **data, size_t *len,
                  cmamba_error *err) {
     FILE *f = fopen(path, "rb");

@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "cmamba.h"
 
@@ -32,8 +33,22 @@ void *cm_alloc_stream(size_t bytes);
 int cm_mul_size(size_t a, size_t b, size_t *out);
 
 float cm_f16_to_f32(uint16_t h);
-float cm_bf16_to_f32(uint16_t b);
-uint16_t cm_f32_to_bf16(float f); /* round to nearest even */
+/* inline, so that loops over rows of them vectorise */
+static inline float cm_bf16_to_f32(uint16_t b) {
+    const uint32_t bits = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* round to nearest even; a NaN stays a (quiet) NaN */
+static inline uint16_t cm_f32_to_bf16(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    const uint16_t nan = (uint16_t)((bits >> 16) | 0x40);
+    bits += 0x7fffu + ((bits >> 16) & 1);
+    return (f != f) ? nan : (uint16_t)(bits >> 16);
+}
 
 /* Reads a whole file (at most max_bytes) into a NUL-terminated buffer. */
 int cm_read_file(const char *path, size_t max_bytes, char **data, size_t *len,

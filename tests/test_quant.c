@@ -17,7 +17,9 @@
  * cm_matrix_gemv_rows rows) round the input to int8 per block of 32: each output
  * must lie within the bound that rounding allows, Σ_i |W_oi|·xs_i/2
  * (xs = max|x_block|/127), plus 1e-5 of Σ_i |W_oi·x_i| for fp32 sums; the
- * worst max|Δ|/max|ref| is printed for each format and instruction set. */
+ * bf16 kernel of avx512bf16 rounds it to bf16: Σ_i |W_oi|·|x_i − bf16(x_i)|
+ * plus the same. The worst max|Δ|/max|ref| is printed for each format and
+ * instruction set. */
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
@@ -193,17 +195,28 @@ static void test_matmul(cm_wtype t, int rows, int cols, int L, int bias, int thr
         den = fmax(den, fabs((double)ref[i]));
     }
     const double e = den > 0 ? num / den : num;
-    const int int8_inputs = L <= cm_matrix_gemv_rows(t) && (t == CM_WT_Q8 || t == CM_WT_Q4);
-    if (int8_inputs) {
+    const cm_isa isa = cm_isa_active();
+    const int gemv = L <= cm_matrix_gemv_rows(t);
+    const int int8_inputs = gemv && (t == CM_WT_Q8 || t == CM_WT_Q4);
+    const int bf16_inputs = gemv && t == CM_WT_BF16 && isa == CM_ISA_AVX512BF16;
+    if (int8_inputs || bf16_inputs) {
+        /* the inputs' rounding, weighted by |w|: half a step of the block's
+         * int8 scale, or the exact distance to the nearest bf16 */
         for (int j = 0; j < L * rows; j++) {
             const int o = j % rows;
             const float *x = in + (size_t)(j / rows) * cols;
             double bound = 0, mag = b ? fabs(b[o]) : 0;
             for (int i = 0; i < cols; i++) {
-                const int b0 = i / 32 * 32, n = cols - b0 < 32 ? cols - b0 : 32;
-                float amax = 0;
-                for (int k = 0; k < n; k++) amax = fmaxf(amax, fabsf(x[b0 + k]));
-                bound += fabs(Wf[(size_t)o * cols + i]) * amax / 127 / 2;
+                double step;
+                if (bf16_inputs) {
+                    step = fabs((double)x[i] - cm_bf16_to_f32(cm_f32_to_bf16(x[i])));
+                } else {
+                    const int b0 = i / 32 * 32, n = cols - b0 < 32 ? cols - b0 : 32;
+                    float amax = 0;
+                    for (int k = 0; k < n; k++) amax = fmaxf(amax, fabsf(x[b0 + k]));
+                    step = amax / 127 / 2;
+                }
+                bound += fabs(Wf[(size_t)o * cols + i]) * step;
                 mag += fabs((double)Wf[(size_t)o * cols + i] * x[i]);
             }
             ok &= fabs((double)out[j] - ref[j]) <= bound * (1 + 1e-4) + 1e-5 * mag;
@@ -211,7 +224,6 @@ static void test_matmul(cm_wtype t, int rows, int cols, int L, int bias, int thr
     } else {
         ok = e <= TOL_FP32;
     }
-    const cm_isa isa = cm_isa_active();
     CHECK_MSG(ok, "%s %s: %d x %d, L %d, bias %d, %d threads: max|d|/max|ref| %.2e",
               cm_isa_name(isa), cm_wtype_name(t), rows, cols, L, bias, threads, e);
     double *w = &worst[isa][t][L > cm_matrix_gemv_rows(t) ? 1 : outlier ? 2 : 0];
@@ -377,7 +389,10 @@ int main(void) {
             printf("%-6s %-4s  max|d|/max|ref|: GEMV %.2e, with an outlier input %.2e (%s); "
                    "sgemm %.2e (tol %.0e)\n", cm_isa_name((cm_isa)isa), cm_wtype_name((cm_wtype)t),
                    worst[isa][t][0], worst[isa][t][2],
-                   t >= CM_WT_Q8 ? "within the int8 input bound" : "tol 1e-05", worst[isa][t][1],
+                   t >= CM_WT_Q8 ? "within the int8 input bound"
+                   : t == CM_WT_BF16 && isa == CM_ISA_AVX512BF16 ? "within the bf16 input bound"
+                                                                  : "tol 1e-05",
+                   worst[isa][t][1],
                    TOL_FP32);
         }
     }

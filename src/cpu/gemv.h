@@ -1,6 +1,7 @@
 /* The GEMV kernels behind cm_matmul (L == 1): one kernel, gemv_kernel.h,
  * compiled once per instruction set over that set's primitives
- * (gemv_scalar.c; gemv_x86.h for gemv_avx2.c and gemv_avx512.c). */
+ * (gemv_scalar.c; gemv_x86.h for gemv_avx2.c, gemv_avx512.c and
+ * gemv_avx512bf16.c). */
 #ifndef CM_GEMV_H
 #define CM_GEMV_H
 
@@ -27,6 +28,8 @@ typedef struct {
     int n;
     const float *x;       /* f32 and bf16: input i at x + i·ld_x */
     int ld_x;
+    const uint16_t *xb;   /* bf16 by cm_gemv_avx512bf16: input i rounded to */
+    int ld_xb;            /* bf16 at xb + i·ld_xb */
     const cm_xquant *xq;  /* q8 and q4: n quantised inputs */
     const float *b;       /* NULL: no bias */
     float *out;           /* output i at out + i·ld_out */
@@ -35,6 +38,6 @@ typedef struct {
 
 /* out_i[r] = W[r]·x_i + b[r] for r in [r0, r1), i < n. */
 typedef void cm_gemv_fn(const cm_gemv_args *a, int r0, int r1);
-cm_gemv_fn cm_gemv_scalar, cm_gemv_avx2, cm_gemv_avx512;
+cm_gemv_fn cm_gemv_scalar, cm_gemv_avx2, cm_gemv_avx512, cm_gemv_avx512bf16;
 
 #endif

@@ -4,7 +4,8 @@
  * 512-bit operation costs two 256-bit ones). They differ in the integer
  * dot product: with CM_GEMV_VNNI, AVX-512 VNNI's vpdpbusd (unsigned ×
  * signed bytes, four per 32-bit lane) in one instruction; without,
- * AVX2's vpmaddubsw then vpmaddwd. The including file sets the target
+ * AVX2's vpmaddubsw then vpmaddwd. CM_GEMV_BF16DOT adds AVX-512 BF16's
+ * dot product for bf16 weights with inputs rounded to bf16. The including file sets the target
  * instruction set for everything after this header's includes. */
 #include <immintrin.h>
 #include <stdint.h>
@@ -12,12 +13,19 @@
 #include "common.h"
 #include "cpu/gemv.h"
 
+#ifndef CM_GEMV_BF16DOT
+#define CM_GEMV_BF16DOT 0
+#endif
 #if defined(__clang__)
-#if CM_GEMV_VNNI
+#if CM_GEMV_BF16DOT
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16"))), apply_to = function)
+#elif CM_GEMV_VNNI
 #pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"))), apply_to = function)
 #else
 #pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
 #endif
+#elif CM_GEMV_BF16DOT
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")
 #elif CM_GEMV_VNNI
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
 #else
@@ -47,6 +55,15 @@ static inline vf vf_bf16(const uint16_t *p) {
     const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
 }
+
+#if CM_GEMV_BF16DOT
+/* acc + the products of 16 bf16 weights and 16 bf16 inputs, lane l
+ * summing pair 2l, 2l+1 (AVX-512 BF16's vdpbf16ps: exact products, fp32
+ * sums; twice the multiply-adds of an FMA per instruction, no widening) */
+typedef __m256bh vb;
+static inline vb vb_load(const uint16_t *p) { return (vb)load32(p); }
+static inline vf vf_dot_bf16(vf acc, vb w, vb x) { return _mm256_dpbf16_ps(acc, w, x); }
+#endif
 
 static inline vf vf_f16(const uint16_t *p) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));

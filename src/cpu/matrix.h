@@ -77,7 +77,8 @@ void cm_matrix_row(float *out, const cm_matrix *W, int row);
  * row to int8 per block of 32 first (integer dot products). More rows: W
  * decoded a tile at a time to fp32 (f32 used in place) and multiplied by
  * sgemm, the input kept in fp32. The _strided form reads row t of `in` at
- * in + t·ld_in. */
+ * in + t·ld_in. bf16 products by the GEMV kernels round their inputs to
+ * bf16 under avx512bf16 (below). */
 int cm_matrix_gemv_rows(cm_wtype t);
 void cm_matmul(float *out, const float *in, const cm_matrix *W, const float *b, int L);
 void cm_matmul_strided(float *out, const float *in, int ld_in, const cm_matrix *W,
@@ -86,18 +87,21 @@ void cm_matmul_strided(float *out, const float *in, int ld_in, const cm_matrix *
 /* Row ranges [r0, r1) of the product above (n_ranges pairs r0, r1 in
  * `ranges`; out row t at out + t·ld_out), by the GEMV kernels on the
  * calling thread alone, for a caller that shares out a step's work among
- * its threads itself: any L, and for q8/q4 up to CM_GEMV_STACK_COLS
- * columns (the input is quantised once, on the stack); -1 (nothing done)
- * past that. */
+ * its threads itself: any L, and for q8/q4 (and bf16 under avx512bf16) up
+ * to CM_GEMV_STACK_COLS columns (the input is quantised or rounded once,
+ * on the stack); -1 (nothing done) past that. */
 enum { CM_GEMV_STACK_COLS = 8192 };
 int cm_matmul_rows(float *out, int ld_out, const float *in, int ld_in, const cm_matrix *W,
                    const float *b, int L, const int *ranges, int n_ranges);
 
 /* The kernels' instruction sets. The best one the CPU has is chosen once,
- * at the first product; the environment variable CMAMBA_ISA (scalar, avx2
- * or avx512) caps it. avx2 needs AVX2 and FMA (and F16C, which every CPU with
- * both has); avx512 additionally AVX-512 F/BW/VL and VNNI. */
-typedef enum { CM_ISA_SCALAR, CM_ISA_AVX2, CM_ISA_AVX512, CM_ISA_COUNT } cm_isa;
+ * at the first product; the environment variable CMAMBA_ISA (scalar, avx2,
+ * avx512 or avx512bf16) caps it. avx2 needs AVX2 and FMA (and F16C, which
+ * every CPU with both has); avx512 additionally AVX-512 F/BW/VL and VNNI;
+ * avx512bf16 also AVX-512 BF16, whose dot products it uses for bf16
+ * weights, rounding the inputs of those products to bf16 (as llama.cpp
+ * does): |Δ| ≤ Σ|w|·|x − bf16(x)| ≤ 2⁻⁹·Σ|w·x| beyond the fp32 product. */
+typedef enum { CM_ISA_SCALAR, CM_ISA_AVX2, CM_ISA_AVX512, CM_ISA_AVX512BF16, CM_ISA_COUNT } cm_isa;
 
 const char *cm_isa_name(cm_isa isa);
 int cm_isa_supported(cm_isa isa);
