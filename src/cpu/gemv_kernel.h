@@ -31,6 +31,10 @@
 #include "common.h"
 #include "cpu/gemv.h"
 
+#ifndef CM_GEMV_BF16DOT
+#define CM_GEMV_BF16DOT 0
+#endif
+
 /* q4 rows are fetched this far ahead in software as well: a q4 superblock
  * costs more instructions per byte than a q8 one, and at one thread the
  * hardware prefetcher alone left it waiting on memory (5% slower decoding
@@ -47,23 +51,35 @@ enum { MULTI_PREFETCH = 4096 };
 
 /* W[r]·x for f32 (bf16 = 0) or bf16 rows. Four accumulators: a chain of
  * FMAs waits their latency at every step, and one chain per 8 weights
- * would bound a row at a few weights per cycle, below memory's pace. */
-static inline float row_dense(const void *row, const float *x, int n, int bf16) {
+ * would bound a row at a few weights per cycle, below memory's pace. With
+ * CM_GEMV_BF16DOT, bf16 rows meet the input rounded to bf16 (xb, which
+ * gemv_prepare makes for this kernel) in dot products of 16 pairs instead
+ * of being widened for FMAs of 8. */
+static inline float row_dense(const void *row, const float *x, const uint16_t *xb, int n,
+                              int bf16) {
     const float *wf = row;
     const uint16_t *wh = row;
-#define W8(i) (bf16 ? vf_bf16(wh + (i)) : vf_load(wf + (i)))
+    const int dot = CM_GEMV_BF16DOT && bf16, step = dot ? 16 : 8;
+#define MAC_FMA(a, i) vf_fma(bf16 ? vf_bf16(wh + (i)) : vf_load(wf + (i)), vf_load(x + (i)), a)
+#if CM_GEMV_BF16DOT
+#define MAC(a, i) (dot ? vf_dot_bf16(a, vb_load(wh + (i)), vb_load(xb + (i))) : MAC_FMA(a, i))
+#else
+#define MAC(a, i) MAC_FMA(a, i)
+#endif
     vf a0 = vf_zero(), a1 = vf_zero(), a2 = vf_zero(), a3 = vf_zero();
     int i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a0 = vf_fma(W8(i), vf_load(x + i), a0);
-        a1 = vf_fma(W8(i + 8), vf_load(x + i + 8), a1);
-        a2 = vf_fma(W8(i + 16), vf_load(x + i + 16), a2);
-        a3 = vf_fma(W8(i + 24), vf_load(x + i + 24), a3);
+    for (; i + 4 * step <= n; i += 4 * step) {
+        a0 = MAC(a0, i);
+        a1 = MAC(a1, i + step);
+        a2 = MAC(a2, i + 2 * step);
+        a3 = MAC(a3, i + 3 * step);
     }
-    for (; i + 8 <= n; i += 8) a0 = vf_fma(W8(i), vf_load(x + i), a0);
-#undef W8
+    for (; i + step <= n; i += step) a0 = MAC(a0, i);
+#undef MAC
+#undef MAC_FMA
     float s = vf_sum(vf_add(vf_add(a0, a1), vf_add(a2, a3)));
-    for (; i < n; i++) s += (bf16 ? cm_bf16_to_f32(wh[i]) : wf[i]) * x[i];
+    for (; i < n; i++)
+        s += (bf16 ? cm_bf16_to_f32(wh[i]) : wf[i]) * (dot ? cm_bf16_to_f32(xb[i]) : x[i]);
     return s;
 }
 
@@ -110,25 +126,42 @@ static inline float row_quant(const uint8_t *w, const uint16_t *s, const cm_xqua
 }
 
 /* W[r + j]·x_i for nr (1 or 2) f32 or bf16 rows, row_bytes apart, and
- * n ≥ 2 inputs: each 8 weights are loaded (and widened) once for all the
- * inputs, and each 8 inputs once for the nr rows (two rows: half the
- * input loads per FMA); the accumulators are nr·n independent chains. */
+ * n ≥ 2 inputs: each weight vector is loaded (and widened) once for all
+ * the inputs, and each input vector once for the nr rows (two rows: half
+ * the input loads per multiply-add); the accumulators are nr·n independent
+ * chains. With CM_GEMV_BF16DOT, bf16 rows take input i rounded to bf16
+ * (at xb + i·ldb), 16 columns a step in dot products of pairs: at 8 inputs 1.4
+ * times the multiply-adds per second of widening the weights for FMAs (one
+ * thread, mamba-130m's in_proj). */
 static inline __attribute__((always_inline)) void
-rows_dense_n(const void *row, size_t row_bytes, int nr, const float *x, int ld, int cols, int bf16,
-             int n, float out[][CM_GEMV_MAX_N]) {
+rows_dense_n(const void *row, size_t row_bytes, int nr, const float *x, int ld,
+             const uint16_t *xb, int ldb, int cols, int bf16, int n, float out[][CM_GEMV_MAX_N]) {
     const char *bytes = row;
-    const int esize = bf16 ? 2 : 4;
+    const int esize = bf16 ? 2 : 4, dot = CM_GEMV_BF16DOT && bf16, step = dot ? 16 : 8;
     vf acc[2][CM_GEMV_MAX_N];
     for (int j = 0; j < nr; j++)
         for (int i = 0; i < n; i++) acc[j][i] = vf_zero();
     int c = 0;
-    for (; c + 8 <= cols; c += 8) {
-        vf w[2];
+    for (; c + step <= cols; c += step) {
+        const char *p[2];
         for (int j = 0; j < nr; j++) {
-            const char *p = bytes + j * row_bytes + (size_t)c * esize;
-            if (c * esize % 64 == 0) __builtin_prefetch(p + MULTI_PREFETCH, 0, 0);
-            w[j] = bf16 ? vf_bf16((const uint16_t *)p) : vf_load((const float *)p);
+            p[j] = bytes + j * row_bytes + (size_t)c * esize;
+            if (c * esize % 64 == 0) __builtin_prefetch(p[j] + MULTI_PREFETCH, 0, 0);
         }
+#if CM_GEMV_BF16DOT
+        if (dot) {
+            vb w[2];
+            for (int j = 0; j < nr; j++) w[j] = vb_load((const uint16_t *)p[j]);
+            for (int i = 0; i < n; i++) {
+                const vb xi = vb_load(xb + (size_t)i * ldb + c);
+                for (int j = 0; j < nr; j++) acc[j][i] = vf_dot_bf16(acc[j][i], w[j], xi);
+            }
+            continue;
+        }
+#endif
+        vf w[2];
+        for (int j = 0; j < nr; j++)
+            w[j] = bf16 ? vf_bf16((const uint16_t *)p[j]) : vf_load((const float *)p[j]);
         for (int i = 0; i < n; i++) {
             const vf xi = vf_load(x + (size_t)i * ld + c);
             for (int j = 0; j < nr; j++) acc[j][i] = vf_fma(w[j], xi, acc[j][i]);
@@ -140,65 +173,12 @@ rows_dense_n(const void *row, size_t row_bytes, int nr, const float *x, int ld, 
         for (int i = 0; i < n; i++) {
             float s = vf_sum(acc[j][i]);
             for (int k = c; k < cols; k++)
-                s += (bf16 ? cm_bf16_to_f32(wh[k]) : wf[k]) * x[(size_t)i * ld + k];
+                s += (bf16 ? cm_bf16_to_f32(wh[k]) : wf[k]) *
+                     (dot ? cm_bf16_to_f32(xb[(size_t)i * ldb + k]) : x[(size_t)i * ld + k]);
             out[j][i] = s;
         }
     }
 }
-
-#if CM_GEMV_BF16DOT
-/* W[r]·x̂ for a bf16 row and an input rounded to bf16, x̂: row_dense with
- * dot products of 16 pairs in place of widening and FMAs of 8 */
-static inline float row_bf16dot(const uint16_t *w, const uint16_t *x, int n) {
-    vf a0 = vf_zero(), a1 = vf_zero(), a2 = vf_zero(), a3 = vf_zero();
-    int i = 0;
-    for (; i + 64 <= n; i += 64) {
-        a0 = vf_dot_bf16(a0, vb_load(w + i), vb_load(x + i));
-        a1 = vf_dot_bf16(a1, vb_load(w + i + 16), vb_load(x + i + 16));
-        a2 = vf_dot_bf16(a2, vb_load(w + i + 32), vb_load(x + i + 32));
-        a3 = vf_dot_bf16(a3, vb_load(w + i + 48), vb_load(x + i + 48));
-    }
-    for (; i + 16 <= n; i += 16) a0 = vf_dot_bf16(a0, vb_load(w + i), vb_load(x + i));
-    float s = vf_sum(vf_add(vf_add(a0, a1), vf_add(a2, a3)));
-    for (; i < n; i++) s += cm_bf16_to_f32(w[i]) * cm_bf16_to_f32(x[i]);
-    return s;
-}
-
-/* rows_dense_n for bf16 rows and n inputs rounded to bf16 (x̂_i at
- * xb + i·ld), 16 columns a step: at 8 inputs 1.5 times the multiply-adds
- * per second of widening the weights for FMAs (one thread, mamba-130m's
- * in_proj) */
-static inline __attribute__((always_inline)) void
-rows_bf16dot_n(const void *row, size_t row_bytes, int nr, const uint16_t *xb, int ld, int cols,
-               int n, float out[][CM_GEMV_MAX_N]) {
-    const char *bytes = row;
-    vf acc[2][CM_GEMV_MAX_N];
-    for (int j = 0; j < nr; j++)
-        for (int i = 0; i < n; i++) acc[j][i] = vf_zero();
-    int c = 0;
-    for (; c + 16 <= cols; c += 16) {
-        vb w[2];
-        for (int j = 0; j < nr; j++) {
-            const char *p = bytes + j * row_bytes + (size_t)c * 2;
-            if (c % 32 == 0) __builtin_prefetch(p + MULTI_PREFETCH, 0, 0);
-            w[j] = vb_load((const uint16_t *)p);
-        }
-        for (int i = 0; i < n; i++) {
-            const vb xi = vb_load(xb + (size_t)i * ld + c);
-            for (int j = 0; j < nr; j++) acc[j][i] = vf_dot_bf16(acc[j][i], w[j], xi);
-        }
-    }
-    for (int j = 0; j < nr; j++) {
-        const uint16_t *wh = (const uint16_t *)(bytes + j * row_bytes);
-        for (int i = 0; i < n; i++) {
-            float s = vf_sum(acc[j][i]);
-            for (int k = c; k < cols; k++)
-                s += cm_bf16_to_f32(wh[k]) * cm_bf16_to_f32(xb[(size_t)i * ld + k]);
-            out[j][i] = s;
-        }
-    }
-}
-#endif
 
 /* W[r]·x_i for a q8 or q4 row and n ≥ 2 inputs: each chunk of a
  * superblock is prepared once (prep_chunks: the q8 bias, the q4 nibbles
@@ -241,13 +221,8 @@ static void rows_n(const cm_gemv_args *a, const uint8_t *row, size_t row_bytes, 
     case CM_WT_F32:
     case CM_WT_BF16: {
         const int bf16 = W->type == CM_WT_BF16;
-#if CM_GEMV_BF16DOT
-#define DENSE_NR(nr, k)                                                                      \
-    (bf16 ? rows_bf16dot_n(row, row_bytes, nr, a->xb, a->ld_xb, W->cols, k, out)             \
-          : rows_dense_n(row, row_bytes, nr, a->x, a->ld_x, W->cols, 0, k, out))
-#else
-#define DENSE_NR(nr, k) rows_dense_n(row, row_bytes, nr, a->x, a->ld_x, W->cols, bf16, k, out)
-#endif
+#define DENSE_NR(nr, k) \
+    rows_dense_n(row, row_bytes, nr, a->x, a->ld_x, a->xb, a->ld_xb, W->cols, bf16, k, out)
 #define DENSE(k)                                 \
     case k:                                      \
         if (nr == 2) DENSE_NR(2, k);             \
@@ -281,12 +256,8 @@ static inline __attribute__((always_inline)) void rows_1(const cm_gemv_args *a, 
         const uint8_t *row = q + (size_t)r * row_bytes;
         float v;
         switch (type) {
-        case CM_WT_F32: v = row_dense(row, x, cols, 0); break;
-#if CM_GEMV_BF16DOT
-        case CM_WT_BF16: v = row_bf16dot((const uint16_t *)row, a->xb, cols); break;
-#else
-        case CM_WT_BF16: v = row_dense(row, x, cols, 1); break;
-#endif
+        case CM_WT_F32: v = row_dense(row, x, NULL, cols, 0); break;
+        case CM_WT_BF16: v = row_dense(row, x, a->xb, cols, 1); break;
         default: v = row_quant(row, W->scale + (size_t)r * nblk, a->xq, nblk, type == CM_WT_Q4); break;
         }
         a->out[r] = b ? v + b[r] : v;
