@@ -23,7 +23,6 @@ awk -v rss="$rss_mib" -v w="$weights" 'BEGIN {
   exit !(ratio < 1.15)
 }'
 
-load_s=$(sed -nE 's/^load: ([0-9.]+) s.*/\1/p' "$CMAMBA_TMP/130m.err")
-# the load reads the whole file once (about 0.15 s from the page cache; a
-# cold cache adds the disk's time)
-awk -v s="$load_s" 'BEGIN { printf "load %.3f s (limit 3 s)\n", s; exit !(s < 3.0) }'
+# the load's time is reported, not asserted (a timed check fails on a busy
+# machine; speed is bench's business)
+sed -nE 's/^(load: [0-9.]+ s).*/\1/p' "$CMAMBA_TMP/130m.err"
