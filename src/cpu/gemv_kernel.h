@@ -25,8 +25,8 @@
  * memory once per product, so the loops keep the work per byte small: a
  * superblock's integer dot products (matrix.h) need one conversion and
  * one FMA with the combined scales of its 8 blocks. For one input the rows
- * go in order, one at a time, a single stream that the hardware prefetcher
- * follows (two rows at a time, two streams, measured half as fast); for
+ * go in order, one at a time, a single stream fetched ahead in software
+ * (two rows at a time, two streams, measured half as fast); for
  * several, the products are bound by arithmetic instead. */
 #include "common.h"
 #include "cpu/gemv.h"
@@ -35,18 +35,28 @@
 #define CM_GEMV_BF16DOT 0
 #endif
 
-/* q4 rows are fetched this far ahead in software as well: a q4 superblock
- * costs more instructions per byte than a q8 one, and at one thread the
- * hardware prefetcher alone left it waiting on memory (5% slower decoding
- * of mamba-130m; for q8, f32 and bf16 prefetching in software measured no
- * faster, or slower). */
-enum { Q4_PREFETCH = 4096 };
+/* Weight rows are fetched this far ahead in software, into every cache
+ * level, 64 bytes for every 64 consumed. The weights of a step stream
+ * from memory in one pass, and on Intel's Sapphire/Emerald Rapids cores
+ * the hardware prefetchers alone kept too few lines in flight: one
+ * thread's GEMV read 52-75% of the stream rate, with this 79-100%
+ * (bench_gemv, all formats; mamba-130m decoding on one thread: f32 19-23
+ * to 22-28 tokens/s, q4 98-110 to 160-220). On AMD's Zen 4 the same had
+ * measured no faster for f32 and q8 but 5% faster for q4, whose rows cost
+ * the most instructions per byte. */
+enum { WEIGHT_PREFETCH = 4096 };
+
+static inline void prefetch_weights(const void *p, int bytes) {
+    for (int l = 0; l < bytes; l += 64) __builtin_prefetch((const char *)p + WEIGHT_PREFETCH + l, 0, 3);
+}
 
 /* The products of several inputs spend long enough on each weight that
  * the weight stream's misses, not the arithmetic, bounded them, the
  * hardware prefetcher being busy with the inputs' streams: the weights are
  * fetched this far ahead in software (mamba-130m in f32 at batch 8, one
- * thread: 87 to 115 tokens/s). */
+ * thread on Zen 4: 87 to 115 tokens/s), into every cache level (on
+ * Emerald Rapids, 2 threads, than into the nearest only: f32 161-170 to
+ * 206-247 tokens/s, q8 365-437 to 487-614). */
 enum { MULTI_PREFETCH = 4096 };
 
 /* W[r]·x for f32 (bf16 = 0) or bf16 rows. Four accumulators: a chain of
@@ -69,6 +79,7 @@ static inline float row_dense(const void *row, const float *x, const uint16_t *x
     vf a0 = vf_zero(), a1 = vf_zero(), a2 = vf_zero(), a3 = vf_zero();
     int i = 0;
     for (; i + 4 * step <= n; i += 4 * step) {
+        prefetch_weights((const char *)row + (size_t)i * (bf16 ? 2 : 4), 4 * step * (bf16 ? 2 : 4));
         a0 = MAC(a0, i);
         a1 = MAC(a1, i + step);
         a2 = MAC(a2, i + 2 * step);
@@ -113,10 +124,7 @@ static inline float row_quant(const uint8_t *w, const uint16_t *s, const cm_xqua
         const uint8_t *wk = w + (size_t)k * super_bytes;
         const int8_t *xk = xq->q + (size_t)k * CM_QSUPER;
         const int32_t *ns = xq->nsum + 8 * k;
-        if (q4) { /* both cache lines of the superblock 4 KiB ahead */
-            __builtin_prefetch(wk + Q4_PREFETCH, 0, 0);
-            __builtin_prefetch(wk + Q4_PREFETCH + 64, 0, 0);
-        }
+        prefetch_weights(wk, super_bytes);
         const vf f = vf_mul(vf_f16(s + 8 * k), vf_load(xq->scale + 8 * k));
         acc = vf_fma(q4 ? dot_super_q4(wk, xk, ns) : dot_super_q8((const int8_t *)wk, xk, ns), f, acc);
     }
@@ -146,7 +154,7 @@ rows_dense_n(const void *row, size_t row_bytes, int nr, const float *x, int ld,
         const char *p[2];
         for (int j = 0; j < nr; j++) {
             p[j] = bytes + j * row_bytes + (size_t)c * esize;
-            if (c * esize % 64 == 0) __builtin_prefetch(p[j] + MULTI_PREFETCH, 0, 0);
+            if (c * esize % 64 == 0) __builtin_prefetch(p[j] + MULTI_PREFETCH, 0, 3);
         }
 #if CM_GEMV_BF16DOT
         if (dot) {
@@ -192,7 +200,7 @@ rows_quant_n(const uint8_t *w, const uint16_t *s, const cm_xquant *xq, int nblk,
     for (int i = 0; i < n; i++) acc[i] = vf_zero();
     for (int k = 0; k < supers; k++) {
         const uint8_t *wk = w + (size_t)k * super_bytes;
-        for (int l = 0; l < super_bytes; l += 64) __builtin_prefetch(wk + l + MULTI_PREFETCH, 0, 0);
+        for (int l = 0; l < super_bytes; l += 64) __builtin_prefetch(wk + l + MULTI_PREFETCH, 0, 3);
         vi d[CM_GEMV_MAX_N];
         for (int i = 0; i < n; i++) d[i] = vi_bias(xq[i].nsum + 8 * k, q4);
         for (int c = 0; c < 8; c += QW) {
