@@ -14,12 +14,14 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "cpu/blas.h"
 #include "cpu/roofline.h"
 #include "rng.h"
 #include "train/checkpoint.h"
 #include "train/train_model.h"
 
 int main(int argc, char **argv) {
+    cm_blas_use_cpu_kernels(argv);
     const int dm = argc > 1 ? atoi(argv[1]) : 64, nl = argc > 2 ? atoi(argv[2]) : 2,
               V = argc > 3 ? atoi(argv[3]) : 20, B = argc > 4 ? atoi(argv[4]) : 32,
               T = argc > 5 ? atoi(argv[5]) : 256, reps = argc > 6 ? atoi(argv[6]) : 5;

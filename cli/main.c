@@ -4,6 +4,7 @@
 
 #include "cmamba.h"
 #include "commands.h"
+#include "cpu/blas.h"
 
 static const struct {
     const char *name;
@@ -30,6 +31,7 @@ static void usage(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+    cm_blas_use_cpu_kernels(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;
@@ -39,7 +41,8 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(argv[1], "--version")) {
-        printf("cmamba %s (backends: %s)\n", CMAMBA_VERSION, cmamba_backends());
+        printf("cmamba %s (backends: %s; OpenBLAS kernels: %s)\n", CMAMBA_VERSION,
+               cmamba_backends(), *cm_blas_kernels() ? cm_blas_kernels() : "none");
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
