@@ -21,6 +21,9 @@
  * with CM_GEMV_BF16DOT, for bf16 rows and inputs rounded to bf16 (the
  * caller's xb): vb 16 bf16 values, vb_load(p), vf_dot_bf16(acc, w, x);
  *
+ * and for several inputs vbw (VBW bf16 values), vfw (their fp32 sums),
+ * vbw_load(p), vbw_load_part(p, n), vfw_zero(), vfw_dot_bf16, vfw_sum;
+ *
  * and CM_GEMV_NAME, the function to define. A weight row streams from
  * memory once per product, so the loops keep the work per byte small: a
  * superblock's integer dot products (matrix.h) need one conversion and
@@ -133,19 +136,56 @@ static inline float row_quant(const uint8_t *w, const uint16_t *s, const cm_xqua
     return vf_sum(acc) + (q4 ? 8.0f : (float)Q8_BIAS) * bias_s;
 }
 
+#if CM_GEMV_BF16DOT
+/* rows_dense_n's bf16 rows with inputs rounded to bf16 (input i at
+ * xb + i·ldb): VBW columns a step, the last step's loads masked; at 8
+ * inputs the products, not memory, bound the loop. */
+static inline __attribute__((always_inline)) void
+rows_bf16dot_n(const char *bytes, size_t row_bytes, int nr, const uint16_t *xb, int ldb, int cols,
+               int n, float out[][CM_GEMV_MAX_N]) {
+    vfw acc[2][CM_GEMV_MAX_N];
+    for (int j = 0; j < nr; j++)
+        for (int i = 0; i < n; i++) acc[j][i] = vfw_zero();
+    for (int c = 0; c < cols; c += VBW) {
+        const int part = cols - c < VBW ? cols - c : VBW;
+        vbw w[2];
+        for (int j = 0; j < nr; j++) {
+            const uint16_t *p = (const uint16_t *)(bytes + j * row_bytes) + c;
+            __builtin_prefetch(p + MULTI_PREFETCH / 2, 0, 3);
+            w[j] = part == VBW ? vbw_load(p) : vbw_load_part(p, part);
+        }
+        for (int i = 0; i < n; i++) {
+            const uint16_t *x = xb + (size_t)i * ldb + c;
+            const vbw xi = part == VBW ? vbw_load(x) : vbw_load_part(x, part);
+            for (int j = 0; j < nr; j++) acc[j][i] = vfw_dot_bf16(acc[j][i], w[j], xi);
+        }
+    }
+    for (int j = 0; j < nr; j++)
+        for (int i = 0; i < n; i++) out[j][i] = vfw_sum(acc[j][i]);
+}
+#endif
+
 /* W[r + j]·x_i for nr (1 or 2) f32 or bf16 rows, row_bytes apart, and
  * n ≥ 2 inputs: each weight vector is loaded (and widened) once for all
  * the inputs, and each input vector once for the nr rows (two rows: half
  * the input loads per multiply-add); the accumulators are nr·n independent
- * chains. With CM_GEMV_BF16DOT, bf16 rows take input i rounded to bf16
- * (at xb + i·ldb), 16 columns a step in dot products of pairs: at 8 inputs 1.4
- * times the multiply-adds per second of widening the weights for FMAs (one
- * thread, mamba-130m's in_proj). */
+ * chains. With CM_GEMV_BF16DOT, bf16 rows go to rows_bf16dot_n: on Zen 4
+ * its dot products of pairs (then 16 columns a step) did at 8 inputs 1.4
+ * times the multiply-adds per second of widening the weights for FMAs
+ * (one thread, mamba-130m's in_proj). */
 static inline __attribute__((always_inline)) void
 rows_dense_n(const void *row, size_t row_bytes, int nr, const float *x, int ld,
              const uint16_t *xb, int ldb, int cols, int bf16, int n, float out[][CM_GEMV_MAX_N]) {
     const char *bytes = row;
-    const int esize = bf16 ? 2 : 4, dot = CM_GEMV_BF16DOT && bf16, step = dot ? 16 : 8;
+#if CM_GEMV_BF16DOT
+    if (bf16) {
+        rows_bf16dot_n(bytes, row_bytes, nr, xb, ldb, cols, n, out);
+        return;
+    }
+#else
+    (void)xb, (void)ldb;
+#endif
+    const int esize = bf16 ? 2 : 4, step = 8;
     vf acc[2][CM_GEMV_MAX_N];
     for (int j = 0; j < nr; j++)
         for (int i = 0; i < n; i++) acc[j][i] = vf_zero();
@@ -156,17 +196,6 @@ rows_dense_n(const void *row, size_t row_bytes, int nr, const float *x, int ld,
             p[j] = bytes + j * row_bytes + (size_t)c * esize;
             if (c * esize % 64 == 0) __builtin_prefetch(p[j] + MULTI_PREFETCH, 0, 3);
         }
-#if CM_GEMV_BF16DOT
-        if (dot) {
-            vb w[2];
-            for (int j = 0; j < nr; j++) w[j] = vb_load((const uint16_t *)p[j]);
-            for (int i = 0; i < n; i++) {
-                const vb xi = vb_load(xb + (size_t)i * ldb + c);
-                for (int j = 0; j < nr; j++) acc[j][i] = vf_dot_bf16(acc[j][i], w[j], xi);
-            }
-            continue;
-        }
-#endif
         vf w[2];
         for (int j = 0; j < nr; j++)
             w[j] = bf16 ? vf_bf16((const uint16_t *)p[j]) : vf_load((const float *)p[j]);
@@ -181,8 +210,7 @@ rows_dense_n(const void *row, size_t row_bytes, int nr, const float *x, int ld,
         for (int i = 0; i < n; i++) {
             float s = vf_sum(acc[j][i]);
             for (int k = c; k < cols; k++)
-                s += (bf16 ? cm_bf16_to_f32(wh[k]) : wf[k]) *
-                     (dot ? cm_bf16_to_f32(xb[(size_t)i * ldb + k]) : x[(size_t)i * ld + k]);
+                s += (bf16 ? cm_bf16_to_f32(wh[k]) : wf[k]) * x[(size_t)i * ld + k];
             out[j][i] = s;
         }
     }

@@ -63,6 +63,24 @@ static inline vf vf_bf16(const uint16_t *p) {
 typedef __m256bh vb;
 static inline vb vb_load(const uint16_t *p) { return (vb)load32(p); }
 static inline vf vf_dot_bf16(vf acc, vb w, vb x) { return _mm256_dpbf16_ps(acc, w, x); }
+
+/* The same on 512-bit vectors, 32 bf16 values, for several inputs, where
+ * the dot products and not memory bound the loop (Intel's cores run them
+ * at full width); vbw_load_part loads the first n < 32 of them, zeros
+ * after, so that a row of any length needs no scalar tail. */
+enum { VBW = 32 };
+typedef __m512bh vbw;
+typedef __m512 vfw;
+static inline vbw vbw_load(const uint16_t *p) { return (vbw)_mm512_loadu_si512(p); }
+static inline vbw vbw_load_part(const uint16_t *p, int n) {
+    return (vbw)_mm512_maskz_loadu_epi16((__mmask32)((1ull << n) - 1), p);
+}
+static inline vfw vfw_zero(void) { return _mm512_setzero_ps(); }
+static inline vfw vfw_dot_bf16(vfw acc, vbw w, vbw x) { return _mm512_dpbf16_ps(acc, w, x); }
+static inline float vfw_sum(vfw a) {
+    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
+    return vf_sum(_mm256_add_ps(_mm512_castps512_ps256(a), hi));
+}
 #endif
 
 static inline vf vf_f16(const uint16_t *p) {
