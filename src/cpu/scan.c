@@ -76,12 +76,15 @@ static inline void step_exps(float *eT, const float *dt, const float *AT, int N)
 
 /* ---- forward ---------------------------------------------------------------- */
 
-/* Channels [c0, c0+nc): hT, AT are their state and A in lanes (N, CB), eT
- * room for one step's exponentials. */
-CM_SIMD_CLONES
-static void scan_block(const cm_scan_args *a, int c0, int nc, float *hT, const float *AT,
-                       float *eT, float *y) {
-    const int L = a->L, di = a->d_inner, N = a->d_state;
+/* Channels [c0, c0+nc): hT, AT are their state and A in lanes (N, CB).
+ * Each state's exponential is taken where it is used (cm_fast_expf is
+ * inline arithmetic, no call to spill registers around), and with N a
+ * constant the loop over the state unrolls, the block's state held in
+ * registers from step to step. */
+static inline __attribute__((always_inline)) void
+scan_block_n(const cm_scan_args *a, int c0, int nc, float *hT, const float *AT, float *y,
+             const int N) {
+    const int L = a->L, di = a->d_inner;
     float D[CB] = {0};
     if (a->D) load_lanes(D, a->D + c0, nc);
     for (int t = 0; t < L; t++) {
@@ -97,13 +100,12 @@ static void scan_block(const cm_scan_args *a, int c0, int nc, float *hT, const f
         }
         load_lanes(x, a->x + r, nc);
         load_lanes(dt, a->delta + r, nc);
-        step_exps(eT, dt, AT, N);
         for (int n = 0; n < N; n++) {
-            const float Bn = B[n], Cn = C[n], *en = eT + (size_t)n * CB;
+            const float Bn = B[n], Cn = C[n], *An = AT + (size_t)n * CB;
             float *hn = hT + (size_t)n * CB;
 #pragma omp simd
             for (int c = 0; c < CB; c++) {
-                const float h = en[c] * hn[c] + dt[c] * Bn * x[c];
+                const float h = cm_fast_expf(dt[c] * An[c]) * hn[c] + dt[c] * Bn * x[c];
                 hn[c] = h;
                 acc[c] += h * Cn;
             }
@@ -122,6 +124,12 @@ static void scan_block(const cm_scan_args *a, int c0, int nc, float *hT, const f
         else
             memcpy(y + r, acc, sizeof(float) * nc);
     }
+}
+
+CM_SIMD_CLONES
+static void scan_block(const cm_scan_args *a, int c0, int nc, float *hT, const float *AT, float *y) {
+    if (a->d_state == CB) scan_block_n(a, c0, nc, hT, AT, y, CB);
+    else scan_block_n(a, c0, nc, hT, AT, y, a->d_state);
 }
 
 /* y[c] = Σ_l p[c][l] for the CB rows of p, each as a tree of halves
@@ -234,14 +242,13 @@ void cm_selective_scan(const cm_scan_args *a, float *h, float *y) {
     }
 #pragma omp parallel if ((long)a->L * di * N > 100000)
     {
-        float *hT = malloc(sizeof(float) * 3 * CB * (size_t)N), *AT = hT + (size_t)CB * N,
-              *eT = AT + (size_t)CB * N;
+        float *hT = malloc(sizeof(float) * 2 * CB * (size_t)N), *AT = hT + (size_t)CB * N;
 #pragma omp for schedule(static)
         for (int k = 0; k < blocks; k++) {
             const int c0 = k * CB, nc = di - c0 < CB ? di - c0 : CB;
             to_lanes(hT, h + (size_t)c0 * N, nc, N);
             to_lanes(AT, a->A + (size_t)c0 * N, nc, N);
-            scan_block(a, c0, nc, hT, AT, eT, y);
+            scan_block(a, c0, nc, hT, AT, y);
             from_lanes(h + (size_t)c0 * N, hT, nc, N);
         }
         free(hT);
