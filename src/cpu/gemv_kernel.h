@@ -19,10 +19,8 @@
  * lanes vi: prep_chunks, vi_bias, dot_prep, vi_to_vf, QW chunks a vq;
  *
  * with CM_GEMV_BF16DOT, for bf16 rows and inputs rounded to bf16 (the
- * caller's xb): vb 16 bf16 values, vb_load(p), vf_dot_bf16(acc, w, x);
- *
- * and for several inputs vbw (VBW bf16 values), vfw (their fp32 sums),
- * vbw_load(p), vbw_load_part(p, n), vfw_zero(), vfw_dot_bf16, vfw_sum;
+ * caller's xb): vbw (VBW bf16 values), vfw (their fp32 sums), vbw_load(p),
+ * vbw_load_part(p, n), vfw_zero(), vfw_dot_bf16(acc, w, x), vfw_sum;
  *
  * and CM_GEMV_NAME, the function to define. A weight row streams from
  * memory once per product, so the loops keep the work per byte small: a
@@ -62,38 +60,29 @@ static inline void prefetch_weights(const void *p, int bytes) {
  * 206-247 tokens/s, q8 365-437 to 487-614). */
 enum { MULTI_PREFETCH = 4096 };
 
-/* W[r]·x for f32 (bf16 = 0) or bf16 rows. Four accumulators: a chain of
- * FMAs waits their latency at every step, and one chain per 8 weights
- * would bound a row at a few weights per cycle, below memory's pace. With
- * CM_GEMV_BF16DOT, bf16 rows meet the input rounded to bf16 (xb, which
- * gemv_prepare makes for this kernel) in dot products of 16 pairs instead
- * of being widened for FMAs of 8. */
-static inline float row_dense(const void *row, const float *x, const uint16_t *xb, int n,
-                              int bf16) {
+/* W[r]·x for f32 (bf16 = 0) or bf16 rows, the bf16 weights widened for
+ * FMAs (with CM_GEMV_BF16DOT, bf16 rows go to rows_bf16dot_n instead).
+ * Four accumulators: a chain of FMAs waits their latency at every step,
+ * and one chain per 8 weights would bound a row at a few weights per
+ * cycle, below memory's pace. */
+static inline float row_dense(const void *row, const float *x, int n, int bf16) {
     const float *wf = row;
     const uint16_t *wh = row;
-    const int dot = CM_GEMV_BF16DOT && bf16, step = dot ? 16 : 8;
-#define MAC_FMA(a, i) vf_fma(bf16 ? vf_bf16(wh + (i)) : vf_load(wf + (i)), vf_load(x + (i)), a)
-#if CM_GEMV_BF16DOT
-#define MAC(a, i) (dot ? vf_dot_bf16(a, vb_load(wh + (i)), vb_load(xb + (i))) : MAC_FMA(a, i))
-#else
-#define MAC(a, i) MAC_FMA(a, i)
-#endif
+    const int esize = bf16 ? 2 : 4;
+#define MAC(a, i) vf_fma(bf16 ? vf_bf16(wh + (i)) : vf_load(wf + (i)), vf_load(x + (i)), a)
     vf a0 = vf_zero(), a1 = vf_zero(), a2 = vf_zero(), a3 = vf_zero();
     int i = 0;
-    for (; i + 4 * step <= n; i += 4 * step) {
-        prefetch_weights((const char *)row + (size_t)i * (bf16 ? 2 : 4), 4 * step * (bf16 ? 2 : 4));
+    for (; i + 32 <= n; i += 32) {
+        prefetch_weights((const char *)row + (size_t)i * esize, 32 * esize);
         a0 = MAC(a0, i);
-        a1 = MAC(a1, i + step);
-        a2 = MAC(a2, i + 2 * step);
-        a3 = MAC(a3, i + 3 * step);
+        a1 = MAC(a1, i + 8);
+        a2 = MAC(a2, i + 16);
+        a3 = MAC(a3, i + 24);
     }
-    for (; i + step <= n; i += step) a0 = MAC(a0, i);
+    for (; i + 8 <= n; i += 8) a0 = MAC(a0, i);
 #undef MAC
-#undef MAC_FMA
     float s = vf_sum(vf_add(vf_add(a0, a1), vf_add(a2, a3)));
-    for (; i < n; i++)
-        s += (bf16 ? cm_bf16_to_f32(wh[i]) : wf[i]) * (dot ? cm_bf16_to_f32(xb[i]) : x[i]);
+    for (; i < n; i++) s += (bf16 ? cm_bf16_to_f32(wh[i]) : wf[i]) * x[i];
     return s;
 }
 
@@ -137,9 +126,8 @@ static inline float row_quant(const uint8_t *w, const uint16_t *s, const cm_xqua
 }
 
 #if CM_GEMV_BF16DOT
-/* rows_dense_n's bf16 rows with inputs rounded to bf16 (input i at
- * xb + i·ldb): VBW columns a step, the last step's loads masked; at 8
- * inputs the products, not memory, bound the loop. */
+/* W[r + j]·x_i for nr bf16 rows and n ≥ 1 inputs rounded to bf16 (input
+ * i at xb + i·ldb): VBW columns a step, the last step's loads masked. */
 static inline __attribute__((always_inline)) void
 rows_bf16dot_n(const char *bytes, size_t row_bytes, int nr, const uint16_t *xb, int ldb, int cols,
                int n, float out[][CM_GEMV_MAX_N]) {
@@ -292,8 +280,17 @@ static inline __attribute__((always_inline)) void rows_1(const cm_gemv_args *a, 
         const uint8_t *row = q + (size_t)r * row_bytes;
         float v;
         switch (type) {
-        case CM_WT_F32: v = row_dense(row, x, NULL, cols, 0); break;
-        case CM_WT_BF16: v = row_dense(row, x, a->xb, cols, 1); break;
+        case CM_WT_F32: v = row_dense(row, x, cols, 0); break;
+#if CM_GEMV_BF16DOT
+        case CM_WT_BF16: { /* one chain of 512-bit dot products keeps pace with memory */
+            float o[2][CM_GEMV_MAX_N];
+            rows_bf16dot_n((const char *)row, row_bytes, 1, a->xb, 0, cols, 1, o);
+            v = o[0][0];
+            break;
+        }
+#else
+        case CM_WT_BF16: v = row_dense(row, x, cols, 1); break;
+#endif
         default: v = row_quant(row, W->scale + (size_t)r * nblk, a->xq, nblk, type == CM_WT_Q4); break;
         }
         a->out[r] = b ? v + b[r] : v;

@@ -57,17 +57,14 @@ static inline vf vf_bf16(const uint16_t *p) {
 }
 
 #if CM_GEMV_BF16DOT
-/* acc + the products of 16 bf16 weights and 16 bf16 inputs, lane l
+/* acc + the products of 32 bf16 weights and 32 bf16 inputs, lane l
  * summing pair 2l, 2l+1 (AVX-512 BF16's vdpbf16ps: exact products, fp32
- * sums; twice the multiply-adds of an FMA per instruction, no widening) */
-typedef __m256bh vb;
-static inline vb vb_load(const uint16_t *p) { return (vb)load32(p); }
-static inline vf vf_dot_bf16(vf acc, vb w, vb x) { return _mm256_dpbf16_ps(acc, w, x); }
-
-/* The same on 512-bit vectors, 32 bf16 values, for several inputs, where
- * the dot products and not memory bound the loop (Intel's cores run them
- * at full width); vbw_load_part loads the first n < 32 of them, zeros
- * after, so that a row of any length needs no scalar tail. */
+ * sums; twice the multiply-adds of an FMA per instruction, no widening),
+ * on 512-bit vectors: with several inputs the dot products and not memory
+ * bound the loop (Intel's cores run them at full width), and with one a
+ * single chain of them keeps pace with memory. vbw_load_part loads the
+ * first n < 32 values, zeros after, so that a row of any length needs no
+ * scalar tail. */
 enum { VBW = 32 };
 typedef __m512bh vbw;
 typedef __m512 vfw;
