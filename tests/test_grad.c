@@ -8,6 +8,7 @@
 #include <dirent.h>
 
 #include "common.h"
+#include "cpu/blas.h"
 #include "io/tensors.h"
 #include "test.h"
 #include "train/train_model.h"
@@ -165,7 +166,10 @@ static void check_fixture(const char *grads_path, const char *model_dir, const c
     free(ids);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    (void)argc;
+    /* the same sgemm kernels as the cmamba it compares with, bit for bit */
+    cm_blas_use_cpu_kernels(argv);
     const char *fixtures = test_env("CMAMBA_FIXTURES", "tests/fixtures");
     char *root = cm_path_join(fixtures, "grads"), *models = cm_path_join(fixtures, "models");
     DIR *d = opendir(root);
