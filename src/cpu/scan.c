@@ -57,8 +57,9 @@ static inline void load_lanes(float *l, const float *v, int nc) {
     for (int c = 0; c < CB; c++) l[c] = c < nc ? v[c] : 0.0f;
 }
 
-static inline void add_lanes(float *v, const float *l, int nc) {
+static inline void add_lanes(float *restrict v, const float *restrict l, int nc) {
     if (nc == CB)
+#pragma omp simd
         for (int c = 0; c < CB; c++) v[c] += l[c];
     else
         for (int c = 0; c < nc; c++) v[c] += l[c];
@@ -324,8 +325,17 @@ size_t cm_scan_backward_work(int L, int d_state, int groups) {
 
 /* Σ over the lanes of each of the N rows of wT (N, CB), added to p (N):
  * a tree of halves, the same for every row, as vector adds (GCC reduces an
- * `omp simd reduction` of floats one lane at a time); wT is overwritten */
+ * `omp simd reduction` of floats one lane at a time); wT is overwritten.
+ * With N = CB (every published Mamba), sum_rows takes the same tree for
+ * all the rows at once, in permutes of whole vectors. */
 static inline void add_lane_sums(float *p, float *wT, int N) {
+    if (N == CB) {
+        float y[CB];
+        sum_rows((const float(*)[CB])wT, y);
+#pragma omp simd
+        for (int n = 0; n < CB; n++) p[n] += y[n];
+        return;
+    }
     for (int half = CB / 2; half > 0; half /= 2)
         for (int n = 0; n < N; n++) {
             float *v = wT + (size_t)n * CB;
