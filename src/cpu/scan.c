@@ -360,6 +360,13 @@ static void scan_backward_block(const cm_scan_args *a, const float *dy, const cm
         const size_t r = (size_t)t * di + c0;
         const float *B = a->B + (size_t)t * a->bc_stride;
         float *x = w->x + (size_t)t * CB, *dt = w->dt + (size_t)t * CB;
+        if (t + PREFETCH < L) {
+            const size_t rp = r + (size_t)PREFETCH * di;
+            __builtin_prefetch(a->x + rp);
+            __builtin_prefetch(a->delta + rp);
+            __builtin_prefetch(dy + rp);
+            if (a->z) __builtin_prefetch(a->z + (size_t)(t + PREFETCH) * a->z_stride + c0);
+        }
         load_lanes(x, a->x + r, nc);
         load_lanes(dt, a->delta + r, nc);
         load_lanes(w->dy + (size_t)t * CB, dy + r, nc);
