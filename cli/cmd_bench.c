@@ -13,6 +13,7 @@
 #include "args.h"
 #include "cmamba.h"
 #include "commands.h"
+#include "cpu/blas.h"
 #include "cpu/roofline.h"
 #include "engine.h"
 #include "rng.h"
@@ -256,8 +257,10 @@ int cmd_bench(int argc, char **argv) {
             return 1;
         }
         if (bursts) roof.read_bytes_per_s = bw_interleaved;
-        printf("machine: %d threads, fp32 FMA peak %.1f GFLOP/s (%s), read bandwidth %.1f GB/s ",
-               roof.threads, roof.fma_flops_per_s / 1e9, roof.isa, roof.read_bytes_per_s / 1e9);
+        printf("machine: %d threads, fp32 FMA peak %.1f GFLOP/s (%s; OpenBLAS kernels %s), read "
+               "bandwidth %.1f GB/s ",
+               roof.threads, roof.fma_flops_per_s / 1e9, roof.isa,
+               *cm_blas_kernels() ? cm_blas_kernels() : "none", roof.read_bytes_per_s / 1e9);
         if (bursts)
             printf("(median of %ld passes taken in turns with the decoding, range %.1f-%.1f)\n",
                    bursts, bw_lo / 1e9, bw_hi / 1e9);
@@ -289,6 +292,7 @@ int cmd_bench(int argc, char **argv) {
         cJSON_AddStringToObject(j, "model", o.model_dir);
         cJSON_AddStringToObject(j, "device", cli_engine_name(eng));
         cJSON_AddNumberToObject(j, "threads", roof.threads);
+        if (!o.cuda) cJSON_AddStringToObject(j, "blas_kernels", cm_blas_kernels());
         cJSON_AddNumberToObject(j, "batch", B);
         cJSON_AddNumberToObject(j, "prompt_tokens", (double)o.prompt);
         cJSON_AddNumberToObject(j, "gen_tokens", (double)o.gen);
