@@ -259,8 +259,8 @@ int cmd_bench(int argc, char **argv) {
         if (bursts) roof.read_bytes_per_s = bw_interleaved;
         printf("machine: %d threads, fp32 FMA peak %.1f GFLOP/s (%s; OpenBLAS kernels %s), read "
                "bandwidth %.1f GB/s ",
-               roof.threads, roof.fma_flops_per_s / 1e9, roof.isa,
-               *cm_blas_kernels() ? cm_blas_kernels() : "none", roof.read_bytes_per_s / 1e9);
+               roof.threads, roof.fma_flops_per_s / 1e9, roof.isa, cm_blas_kernels(),
+               roof.read_bytes_per_s / 1e9);
         if (bursts)
             printf("(median of %ld passes taken in turns with the decoding, range %.1f-%.1f)\n",
                    bursts, bw_lo / 1e9, bw_hi / 1e9);

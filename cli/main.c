@@ -42,7 +42,7 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "--version")) {
         printf("cmamba %s (backends: %s; OpenBLAS kernels: %s)\n", CMAMBA_VERSION,
-               cmamba_backends(), *cm_blas_kernels() ? cm_blas_kernels() : "none");
+               cmamba_backends(), cm_blas_kernels());
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)

@@ -30,5 +30,5 @@ void cm_blas_use_cpu_kernels(char **argv) {
 
 const char *cm_blas_kernels(void) {
     const char *name = openblas_get_corename ? openblas_get_corename() : NULL;
-    return name ? name : "";
+    return name ? name : "none";
 }

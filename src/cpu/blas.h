@@ -12,5 +12,5 @@
  * already, it returns. */
 void cm_blas_use_cpu_kernels(char **argv);
 
-/* the kernels OpenBLAS uses ("SkylakeX", ...), or "" for another BLAS */
+/* the kernels OpenBLAS uses ("SkylakeX", ...), or "none" for another BLAS */
 const char *cm_blas_kernels(void);

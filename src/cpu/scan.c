@@ -65,6 +65,29 @@ static inline void add_lanes(float *restrict v, const float *restrict l, int nc)
         for (int c = 0; c < nc; c++) v[c] += l[c];
 }
 
+/* acc[c] ·= silu(z[c]) = z / (1 + e^−z), the exponentials in a loop of
+ * their own: GCC vectorises neither loop when they are one */
+static inline void gate_lanes(float *acc, const float *z) {
+    float e[CB];
+#pragma omp simd
+    for (int c = 0; c < CB; c++) e[c] = cm_fast_expf(-z[c]);
+#pragma omp simd
+    for (int c = 0; c < CB; c++) acc[c] *= z[c] / (1.0f + e[c]);
+}
+
+/* Step t's rows of x, Δ, z and one more tensor (y, written, in the forward;
+ * dy, read, in the backward) fetched PREFETCH steps ahead; r = t·d_inner + c0. */
+static inline __attribute__((always_inline)) void
+prefetch_rows(const cm_scan_args *a, const float *other, int rw, size_t r, int t, int c0) {
+    if (t + PREFETCH >= a->L) return;
+    const size_t rp = r + (size_t)PREFETCH * a->d_inner;
+    __builtin_prefetch(a->x + rp);
+    __builtin_prefetch(a->delta + rp);
+    if (rw) __builtin_prefetch(other + rp, 1);
+    else __builtin_prefetch(other + rp, 0);
+    if (a->z) __builtin_prefetch(a->z + (size_t)(t + PREFETCH) * a->z_stride + c0);
+}
+
 /* eT (N, CB) = exp(Δ·A) for one step */
 static inline void step_exps(float *eT, const float *dt, const float *AT, int N) {
     for (int n = 0; n < N; n++) {
@@ -92,13 +115,7 @@ scan_block_n(const cm_scan_args *a, int c0, int nc, float *hT, const float *AT, 
         const size_t r = (size_t)t * di + c0;
         const float *B = a->B + (size_t)t * a->bc_stride, *C = a->C + (size_t)t * a->bc_stride;
         float x[CB], dt[CB], acc[CB] = {0};
-        if (t + PREFETCH < L) {
-            const size_t rp = r + (size_t)PREFETCH * di;
-            __builtin_prefetch(a->x + rp);
-            __builtin_prefetch(a->delta + rp);
-            __builtin_prefetch(y + rp, 1);
-            if (a->z) __builtin_prefetch(a->z + (size_t)(t + PREFETCH) * a->z_stride + c0);
-        }
+        prefetch_rows(a, y, 1, r, t, c0);
         load_lanes(x, a->x + r, nc);
         load_lanes(dt, a->delta + r, nc);
         for (int n = 0; n < N; n++) {
@@ -114,14 +131,10 @@ scan_block_n(const cm_scan_args *a, int c0, int nc, float *hT, const float *AT, 
         if (a->D)
 #pragma omp simd
             for (int c = 0; c < CB; c++) acc[c] += D[c] * x[c];
-        if (a->z) { /* silu(z) = z / (1 + e^−z), the exponentials in a loop of their
-                     * own: GCC vectorises neither loop as one */
-            float z[CB], e[CB];
+        if (a->z) {
+            float z[CB];
             load_lanes(z, a->z + (size_t)t * a->z_stride + c0, nc);
-#pragma omp simd
-            for (int c = 0; c < CB; c++) e[c] = cm_fast_expf(-z[c]);
-#pragma omp simd
-            for (int c = 0; c < CB; c++) acc[c] *= z[c] / (1.0f + e[c]);
+            gate_lanes(acc, z);
         }
         if (nc == CB)
             memcpy(y + r, acc, sizeof acc);
@@ -212,13 +225,7 @@ scan_step_n(const cm_scan_args *a, int c0, int c1, float *h, float *y, const int
         if (a->z) load_lanes(z, a->z + cb, nc);
 #pragma omp simd
         for (int l = 0; l < CB; l++) acc[l] += D[l] * x[l];
-        if (a->z) {
-            float e[CB];
-#pragma omp simd
-            for (int l = 0; l < CB; l++) e[l] = cm_fast_expf(-z[l]);
-#pragma omp simd
-            for (int l = 0; l < CB; l++) acc[l] *= z[l] / (1.0f + e[l]);
-        }
+        if (a->z) gate_lanes(acc, z);
         memcpy(y + cb, acc, sizeof(float) * nc);
     }
 }
@@ -360,13 +367,7 @@ static void scan_backward_block(const cm_scan_args *a, const float *dy, const cm
         const size_t r = (size_t)t * di + c0;
         const float *B = a->B + (size_t)t * a->bc_stride;
         float *x = w->x + (size_t)t * CB, *dt = w->dt + (size_t)t * CB;
-        if (t + PREFETCH < L) {
-            const size_t rp = r + (size_t)PREFETCH * di;
-            __builtin_prefetch(a->x + rp);
-            __builtin_prefetch(a->delta + rp);
-            __builtin_prefetch(dy + rp);
-            if (a->z) __builtin_prefetch(a->z + (size_t)(t + PREFETCH) * a->z_stride + c0);
-        }
+        prefetch_rows(a, dy, 0, r, t, c0);
         load_lanes(x, a->x + r, nc);
         load_lanes(dt, a->delta + r, nc);
         load_lanes(w->dy + (size_t)t * CB, dy + r, nc);
