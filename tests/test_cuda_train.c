@@ -35,14 +35,17 @@ static const double TOL[2] = {1e-4, 3e-2}, LOSS_TOL[2] = {1e-5, 1e-3};
 
 #define OK(call) CHECK_MSG((call) == 0, "%s: %s", #call, err.msg)
 
-/* per tensor; returns the worst */
+/* per tensor; returns the worst, and its name in *which when not NULL */
 static double compare_tensors(const char *what, const cm_train_model *m, const float *gpu,
-                              const float *cpu, double tol) {
+                              const float *cpu, double tol, const char **which) {
     double worst = 0;
     for (size_t i = 0; i < m->n_tensors; i++) {
         const double e = rel_err(gpu + m->offset[i], cpu + m->offset[i], m->desc[i].numel);
         CHECK_MSG(e <= tol, "%s %s: error %.3e > %.0e", what, m->desc[i].name, e, tol);
-        if (e > worst) worst = e;
+        if (e > worst) {
+            worst = e;
+            if (which) *which = m->desc[i].name;
+        }
     }
     return worst;
 }
@@ -96,11 +99,12 @@ static void check_gradients(const train_case *c, int bf16) {
     OK(cm_cuda_train_run(g, in, tg, c->B, c->T, 1.0f, &gs, &err));
     OK(cm_cuda_train_copy(g, CM_CUDA_GRADS, 0, gg, &err));
     const double lerr = fabs(gs.loss - cs.loss) / fabs(cs.loss);
+    const char *which = "";
     const double worst = compare_tensors(bf16 ? "bf16 gradient" : "fp32 gradient", m, gg, m->grads,
-                                         TOL[bf16]);
-    printf("  %-28s %s loss %.6f vs %.6f (%.1e), correct %ld vs %ld of %ld, worst gradient %.2e\n",
+                                         TOL[bf16], &which);
+    printf("  %-28s %s loss %.6f vs %.6f (%.1e), correct %ld vs %ld of %ld, worst gradient %.2e (%s)\n",
            c->name, bf16 ? "bf16" : "fp32", gs.loss, cs.loss, lerr, gs.correct, cs.correct,
-           cs.scored, worst);
+           cs.scored, worst, which);
     CHECK_MSG(lerr <= LOSS_TOL[bf16], "%s loss error %.3e", c->name, lerr);
     CHECK(gs.scored == cs.scored);
     CHECK(labs(gs.correct - cs.correct) <= cs.scored / 100 + 1);
@@ -185,7 +189,7 @@ static void check_optimizer(const train_case *c) {
         cm_adamw_step(&opt, m->params, m->grads);
         OK(cm_cuda_train_adamw(g, &ap, step, &gnorm, &err));
         OK(cm_cuda_train_copy(g, CM_CUDA_PARAMS, 0, gp, &err));
-        worst = compare_tensors("params after steps", m, gp, m->params, TOL[0]);
+        worst = compare_tensors("params after steps", m, gp, m->params, TOL[0], NULL);
         printf("  step %ld: loss %.6f vs %.6f, worst parameter tensor %.2e\n", step + 1, gs.loss,
                cs.loss, worst);
     }

@@ -204,8 +204,12 @@ template <typename T> __global__ void __launch_bounds__(256) conv_step_kernel(co
  * a layer, 2.5× the states' traffic).
  * A group of ts lanes per channel, each lane SPT consecutive states (one
  * 16-byte access), every state load of the block's sequences in flight
- * before the first update. */
-constexpr int UPD_BLOCK = 128, UPD_SEQS = 8;
+ * before the first update. Four sequences a block rather than eight: half
+ * the registers of states a thread, so more blocks an SM to hide the
+ * latency that bounds this kernel, for twice the reads of dt_proj's rows
+ * (from L2). At 64 sequences: 2.8b 8.9k → 10.3k tokens/s, 1.4b 15.5k →
+ * 17.1k, 130m 68k → 78k (H100, docs/performance.md); two gained less. */
+constexpr int UPD_BLOCK = 128, UPD_SEQS = 4;
 __host__ __device__ constexpr int upd_stride(int R) { return R | 1; } /* odd: no bank conflicts */
 size_t update_smem(int ts, int R, int N) {
     const int ch = UPD_BLOCK / ts;
