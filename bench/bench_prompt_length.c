@@ -11,7 +11,8 @@
  * a window at a time, so the prompt's length appears nowhere in memory.
  *
  *   bench_prompt_length MODEL_DIR [total_tokens [window [threads]]]
- *   defaults 1048576 65536, all cores */
+ *   defaults 1048576 65536, all cores; whole windows only */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -56,18 +57,35 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* argv[i] as a count in [1, max], or def when absent; -1 (said on stderr) if it is not one */
+static long count_arg(int argc, char **argv, int i, long def, long max, const char *what) {
+    if (argc <= i) return def;
+    char *end;
+    errno = 0;
+    const long v = strtol(argv[i], &end, 10);
+    if (errno || end == argv[i] || *end || v < 1 || v > max) {
+        fprintf(stderr, "bench_prompt_length: %s '%s' is not a whole number in [1, %ld]\n", what,
+                argv[i], max);
+        return -1;
+    }
+    return v;
+}
+
 int main(int argc, char **argv) {
     cm_blas_use_cpu_kernels(argv);
-    if (argc < 2) {
+    if (argc < 2 || argc > 5) {
         fprintf(stderr, "usage: bench_prompt_length MODEL_DIR [total_tokens [window [threads]]]\n");
         return 2;
     }
-    const long total = argc > 2 ? atol(argv[2]) : 1L << 20, window = argc > 3 ? atol(argv[3]) : 65536;
+    const long total = count_arg(argc, argv, 2, 1L << 20, 1L << 34, "total_tokens");
+    const long window = count_arg(argc, argv, 3, 65536, 1L << 24, "window");
+    const long threads = count_arg(argc, argv, 4, 0, 4096, "threads");
+    if (total < 0 || window < 0 || threads < 0) return 2;
     if (total < window || window < REF_TOKENS) {
-        fprintf(stderr, "bench_prompt_length: need total ≥ window ≥ %d tokens\n", REF_TOKENS);
+        fprintf(stderr, "bench_prompt_length: need total_tokens >= window >= %d\n", REF_TOKENS);
         return 2;
     }
-    if (argc > 4) cmamba_set_threads(atoi(argv[4]));
+    if (threads) cmamba_set_threads((int)threads);
     cmamba_error err;
     cmamba_model *m;
     cmamba_state *s, *ref;
@@ -78,7 +96,13 @@ int main(int argc, char **argv) {
     }
     const int vocab = cmamba_model_config(m)->vocab_size;
     int32_t *ids = malloc(sizeof *ids * (size_t)window);
-    if (!ids) return 1;
+    const int n_win = (int)(total / window);
+    double *ref_t = malloc(sizeof *ref_t * (n_win + 1)), *ratio = malloc(sizeof *ratio * n_win);
+    double *win_t = malloc(sizeof *win_t * n_win), *rss = malloc(sizeof *rss * n_win);
+    if (!ids || !ref_t || !ratio || !win_t || !rss) {
+        fprintf(stderr, "bench_prompt_length: out of memory for windows of %ld tokens\n", window);
+        return 1;
+    }
     uint64_t rng = 1;
     random_ids(ids, REF_TOKENS, vocab, &rng);
     for (int i = 0; i < 2; i++) { /* warm-up: the weights paged in, scratch sized, threads up */
@@ -86,10 +110,6 @@ int main(int argc, char **argv) {
         timed_forward(m, ref, ids, REF_TOKENS);
     }
 
-    const int n_win = (int)(total / window);
-    double *ref_t = malloc(sizeof *ref_t * (n_win + 1)), *ratio = malloc(sizeof *ratio * n_win);
-    double *win_t = malloc(sizeof *win_t * n_win), *rss = malloc(sizeof *rss * n_win);
-    if (!ref_t || !ratio || !win_t || !rss) return 1;
     const double rss0 = peak_rss_mib();
     for (int w = 0; w <= n_win; w++) {
         cmamba_state_reset(ref);
