@@ -381,6 +381,9 @@ static void check_gemv(void) {
             }
     check_gemv_case(1, 3, 768, 100, 1, 0, 1, &rng); /* 16-byte loads would be misaligned */
     check_gemv_case(0, 2, 64, 33, 0, 1, 2, &rng);
+    /* more blocks than the device holds at once */
+    check_gemv_case(1, 1, 2560, 10240, 0, 0, 0, &rng);
+    check_gemv_case(0, 5, 256, 30011, 1, 1, 0, &rng);
 }
 
 int main(void) {
