@@ -84,11 +84,14 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_cuda_gemv: the dtype is bf16 or f32, not '%s'\n", argv[1]);
         return 2;
     }
-    const int rows = argc > 2 ? atoi(argv[2]) : 1;
-    if (rows < 1 || rows > CM_CUDA_GEMV_ROWS) {
-        fprintf(stderr, "bench_cuda_gemv: ROWS is 1 to %d\n", CM_CUDA_GEMV_ROWS);
+    char *end = nullptr;
+    const long arg = argc > 2 ? strtol(argv[2], &end, 10) : 1;
+    if (argc > 3 || (argc > 2 && (end == argv[2] || *end)) || arg < 1 || arg > CM_CUDA_GEMV_ROWS) {
+        fprintf(stderr, "bench_cuda_gemv: usage: bench_cuda_gemv [bf16|f32] [ROWS], ROWS a whole number 1 to %d\n",
+                CM_CUDA_GEMV_ROWS);
         return 2;
     }
+    const int rows = (int)arg;
     const cm_cuda_dtype dt = bf16 ? CM_CUDA_BF16 : CM_CUDA_F32;
     const size_t es = bf16 ? 2 : 4;
     int dev = 0, l2 = 0;
