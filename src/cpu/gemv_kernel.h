@@ -134,17 +134,26 @@ rows_bf16dot_n(const char *bytes, size_t row_bytes, int nr, const uint16_t *xb, 
     vfw acc[2][CM_GEMV_MAX_N];
     for (int j = 0; j < nr; j++)
         for (int i = 0; i < n; i++) acc[j][i] = vfw_zero();
-    for (int c = 0; c < cols; c += VBW) {
-        const int part = cols - c < VBW ? cols - c : VBW;
+    /* whole steps, then the masked last: one loop body with both kinds of
+     * load had GCC store the accumulators to the stack at every step */
+    int c = 0;
+    for (; c + VBW <= cols; c += VBW) {
         vbw w[2];
         for (int j = 0; j < nr; j++) {
             const uint16_t *p = (const uint16_t *)(bytes + j * row_bytes) + c;
             __builtin_prefetch(p + MULTI_PREFETCH / 2, 0, 3);
-            w[j] = part == VBW ? vbw_load(p) : vbw_load_part(p, part);
+            w[j] = vbw_load(p);
         }
         for (int i = 0; i < n; i++) {
-            const uint16_t *x = xb + (size_t)i * ldb + c;
-            const vbw xi = part == VBW ? vbw_load(x) : vbw_load_part(x, part);
+            const vbw xi = vbw_load(xb + (size_t)i * ldb + c);
+            for (int j = 0; j < nr; j++) acc[j][i] = vfw_dot_bf16(acc[j][i], w[j], xi);
+        }
+    }
+    if (c < cols) {
+        vbw w[2];
+        for (int j = 0; j < nr; j++) w[j] = vbw_load_part((const uint16_t *)(bytes + j * row_bytes) + c, cols - c);
+        for (int i = 0; i < n; i++) {
+            const vbw xi = vbw_load_part(xb + (size_t)i * ldb + c, cols - c);
             for (int j = 0; j < nr; j++) acc[j][i] = vfw_dot_bf16(acc[j][i], w[j], xi);
         }
     }
