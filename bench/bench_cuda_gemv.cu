@@ -22,15 +22,8 @@
 #include <vector>
 
 #include "cuda/gemv.h"
+#include "cuda_bench.cuh"
 
-#define CUDA_OK(call)                                                                             \
-    do {                                                                                          \
-        cudaError_t e_ = (cudaError_t)(call);                                                     \
-        if (e_ != cudaSuccess) {                                                                  \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(1);                                                                              \
-        }                                                                                         \
-    } while (0)
 #define LT_OK(call)                                                                    \
     do {                                                                               \
         cublasStatus_t s_ = (call);                                                    \
@@ -39,27 +32,6 @@
             exit(1);                                                                   \
         }                                                                              \
     } while (0)
-
-template <typename F> static float median_ms(F f, int reps) {
-    cudaEvent_t a, b;
-    CUDA_OK(cudaEventCreate(&a));
-    CUDA_OK(cudaEventCreate(&b));
-    f();
-    std::vector<float> t;
-    for (int i = 0; i < reps; i++) {
-        float ms;
-        CUDA_OK(cudaEventRecord(a));
-        f();
-        CUDA_OK(cudaEventRecord(b));
-        CUDA_OK(cudaEventSynchronize(b));
-        CUDA_OK(cudaEventElapsedTime(&ms, a, b));
-        t.push_back(ms);
-    }
-    CUDA_OK(cudaGetLastError());
-    cudaEventDestroy(a), cudaEventDestroy(b);
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
-}
 
 struct Product {
     const char *model, *name;
@@ -107,7 +79,7 @@ int main(int argc, char **argv) {
     CUDA_OK(cudaMalloc(&cb, cbytes));
     CUDA_OK(cudaMemset(ca, 1, cbytes));
     const double copy_bw =
-        2.0 * cbytes / (median_ms([&] { CUDA_OK(cudaMemcpyAsync(cb, ca, cbytes, cudaMemcpyDeviceToDevice)); }, 9) * 1e-3);
+        2.0 * cbytes / (time_ms([&] { CUDA_OK(cudaMemcpyAsync(cb, ca, cbytes, cudaMemcpyDeviceToDevice)); }, 1, 9) * 1e-3);
     cudaFree(ca), cudaFree(cb);
     printf("%s, %d SMs, L2 %d MiB; copy bandwidth %.2f TB/s; %s, %d row%s; weights cold\n", prop.name,
            prop.multiProcessorCount, l2 >> 20, copy_bw / 1e12, bf16 ? "bf16" : "f32", rows,
@@ -137,10 +109,10 @@ int main(int argc, char **argv) {
         }
         const int rounds = std::max(1, 64 / copies);
         auto each = [&](auto launch) {
-            return median_ms([&] {
+            return time_ms([&] {
                        for (int r = 0; r < rounds; r++)
                            for (void *w : W) launch(w);
-                   }, 5) * 1e3 / (rounds * copies);
+                   }, 1, 5) * 1e3 / (rounds * copies);
         };
         const double us_gemv = each([&](void *w) {
             CUDA_OK(cm_cuda_gemv(out, p.out_f32, p.accumulate, in, w, rows, p.n_in, p.n_out, dt, 0));

@@ -19,15 +19,7 @@
 #include <vector>
 
 #include "cuda/cuda_scan.h"
-
-#define CUDA_OK(call)                                                                        \
-    do {                                                                                     \
-        cudaError_t e_ = (cudaError_t)(call);                                                \
-        if (e_ != cudaSuccess) {                                                             \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(1);                                                                         \
-        }                                                                                    \
-    } while (0)
+#include "cuda_bench.cuh"
 
 /* ---- the device's ceilings, measured ------------------------------------------ */
 
@@ -53,27 +45,6 @@ __global__ void ffma_loop(float *out, int iters) {
     float s = 0.f;
     for (int i = 0; i < 8; i++) s += x[i];
     if (s == 12345.f) out[0] = s;
-}
-
-template <typename F> static float time_ms(F f, int warm, int reps) {
-    cudaEvent_t a, b;
-    CUDA_OK(cudaEventCreate(&a));
-    CUDA_OK(cudaEventCreate(&b));
-    for (int i = 0; i < warm; i++) f();
-    std::vector<float> t;
-    for (int i = 0; i < reps; i++) {
-        CUDA_OK(cudaEventRecord(a));
-        f();
-        CUDA_OK(cudaEventRecord(b));
-        CUDA_OK(cudaEventSynchronize(b));
-        float ms;
-        CUDA_OK(cudaEventElapsedTime(&ms, a, b));
-        t.push_back(ms);
-    }
-    CUDA_OK(cudaGetLastError());
-    cudaEventDestroy(a), cudaEventDestroy(b);
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
 }
 
 struct Rates {
