@@ -2,6 +2,7 @@
  * index over the names (a hostile checkpoint may list millions of tensors,
  * so neither lookups nor duplicate checks may be quadratic). The set owns
  * the memory the tensors point into: mappings and malloc'ed buffers. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -45,6 +46,19 @@ const char *cm_dtype_name(cm_dtype dt) {
 
 cm_tensor_set *cm_tensor_set_new(cmamba_error *err) {
     return cm_calloc(1, sizeof(cm_tensor_set), err);
+}
+
+void cm_tensors_drop_pages(cm_tensor_set *set, const void *p, size_t len) {
+    enum { BLOCK = 2 << 20 };
+    const uintptr_t a = (uintptr_t)p, b = a + len;
+    for (size_t i = 0; set && i < set->n_maps; i++) {
+        const uintptr_t lo = (uintptr_t)set->maps[i].addr, hi = lo + set->maps[i].len;
+        if (a < lo || b > hi) continue;
+        const uintptr_t from = a / BLOCK * BLOCK, to = (b + BLOCK - 1) / BLOCK * BLOCK;
+        const uintptr_t s = from > lo ? from : lo, e = to < hi ? to : hi;
+        madvise((void *)s, e - s, MADV_DONTNEED); /* s is the mapping's start or 2 MiB-aligned */
+        return;
+    }
 }
 
 void cm_tensors_close(cm_tensor_set *set) {

@@ -43,6 +43,13 @@ int cm_safetensors_parse(const char *path_for_errors, const void *buf, size_t le
  * pytorch_model.bin, in that order of preference. */
 int cm_tensors_open_dir(const char *dir, cm_tensor_set **out, cmamba_error *err);
 void cm_tensors_close(cm_tensor_set *set);
+/* Drops the pages around [p, p + len) of the set's file mapping that holds
+ * it from the process's memory (none if no mapping holds it): a tensor that
+ * has moved out of its mapping. The range widens to whole 2 MiB blocks
+ * within the mapping, since the page cache may map its large folios whole,
+ * and a folio covered only in part stays mapped; tensors still used in
+ * place there are read again from the file where touched. */
+void cm_tensors_drop_pages(cm_tensor_set *set, const void *p, size_t len);
 
 size_t cm_tensors_count(const cm_tensor_set *set);
 const cm_tensor *cm_tensors_at(const cm_tensor_set *set, size_t i);
