@@ -1,5 +1,5 @@
-/* What the CUDA benches share: CUDA_OK, which prints the failing call and
- * exits, and time_ms, the median time of a piece of GPU work. */
+/* What the CUDA benches share: CUDA_OK (cuda/cuda_ok.h) and time_ms, the
+ * median time of a piece of GPU work. */
 #ifndef CM_CUDA_BENCH_CUH
 #define CM_CUDA_BENCH_CUH
 
@@ -10,14 +10,7 @@
 #include <cstdlib>
 #include <vector>
 
-#define CUDA_OK(call)                                                                             \
-    do {                                                                                          \
-        cudaError_t e_ = (cudaError_t)(call);                                                     \
-        if (e_ != cudaSuccess) {                                                                  \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(1);                                                                              \
-        }                                                                                         \
-    } while (0)
+#include "cuda/cuda_ok.h"
 
 /* the median over reps of f()'s time on the default stream, CUDA events
  * around each, after warm calls */

@@ -12,19 +12,11 @@
 
 #include "cuda/cuda_scan.h"
 #include "model/ops.h"
+#include "cuda/cuda_ok.h"
 #include "rng.h"
 #include "ssm/selective_scan.h"
 #include "test.h"
 #include "train/layers.h"
-
-#define CUDA_OK(call)                                                                        \
-    do {                                                                                     \
-        cudaError_t e_ = (cudaError_t)(call);                                                \
-        if (e_ != cudaSuccess) {                                                             \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(1);                                                                         \
-        }                                                                                    \
-    } while (0)
 
 static uint64_t rng = 77;
 
