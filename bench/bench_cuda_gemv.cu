@@ -59,7 +59,8 @@ int main(int argc, char **argv) {
     char *end = nullptr;
     const long arg = argc > 2 ? strtol(argv[2], &end, 10) : 1;
     if (argc > 3 || (argc > 2 && (end == argv[2] || *end)) || arg < 1 || arg > CM_CUDA_GEMV_ROWS) {
-        fprintf(stderr, "bench_cuda_gemv: usage: bench_cuda_gemv [bf16|f32] [ROWS], ROWS a whole number 1 to %d\n",
+        fprintf(stderr,
+                "bench_cuda_gemv: usage: bench_cuda_gemv [bf16|f32] [ROWS], ROWS a whole number 1 to %d\n",
                 CM_CUDA_GEMV_ROWS);
         return 2;
     }
@@ -78,8 +79,8 @@ int main(int argc, char **argv) {
     CUDA_OK(cudaMalloc(&ca, cbytes));
     CUDA_OK(cudaMalloc(&cb, cbytes));
     CUDA_OK(cudaMemset(ca, 1, cbytes));
-    const double copy_bw =
-        2.0 * cbytes / (time_ms([&] { CUDA_OK(cudaMemcpyAsync(cb, ca, cbytes, cudaMemcpyDeviceToDevice)); }, 1, 9) * 1e-3);
+    auto copy = [&] { CUDA_OK(cudaMemcpyAsync(cb, ca, cbytes, cudaMemcpyDeviceToDevice)); };
+    const double copy_bw = 2.0 * cbytes / (time_ms(copy, 1, 9) * 1e-3);
     cudaFree(ca), cudaFree(cb);
     printf("%s, %d SMs, L2 %d MiB; copy bandwidth %.2f TB/s; %s, %d row%s; weights cold\n", prop.name,
            prop.multiProcessorCount, l2 >> 20, copy_bw / 1e12, bf16 ? "bf16" : "f32", rows,
@@ -129,20 +130,23 @@ int main(int argc, char **argv) {
         LT_OK(cublasLtMatrixLayoutCreate(&lc, p.out_f32 ? CUDA_R_32F : ab, p.n_out, rows, p.n_out));
         cublasLtMatmulPreference_t pref;
         LT_OK(cublasLtMatmulPreferenceCreate(&pref));
-        LT_OK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
-                                                   sizeof ws_bytes));
+        LT_OK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                   &ws_bytes, sizeof ws_bytes));
         cublasLtMatmulHeuristicResult_t h;
         int found = 0;
         LT_OK(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &h, &found));
         const float *beta = p.accumulate ? &one : &zero;
         const double us_lt = found ? each([&](void *w) {
-            LT_OK(cublasLtMatmul(lt, op, &one, w, la, in, lb, beta, out, lc, out, lc, &h.algo, ws, ws_bytes, 0));
+            LT_OK(cublasLtMatmul(lt, op, &one, w, la, in, lb, beta, out, lc, out, lc, &h.algo, ws,
+                                 ws_bytes, 0));
         }) : 0.0;
         cublasLtMatmulPreferenceDestroy(pref);
-        cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lb), cublasLtMatrixLayoutDestroy(lc);
+        cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lb);
+        cublasLtMatrixLayoutDestroy(lc);
         cublasLtMatmulDescDestroy(op);
 
-        const double bytes = (double)wbytes + (double)rows * p.n_in * es + (double)rows * p.n_out * (p.out_f32 ? 4 : es);
+        const double bytes = (double)wbytes + (double)rows * p.n_in * es +
+                             (double)rows * p.n_out * (p.out_f32 ? 4 : es);
         const double bw_gemv = bytes / (us_gemv * 1e-6), bw_lt = bytes / (us_lt * 1e-6);
         printf("%-5s %-9s %6d %6d | %9.2f %7.2f %4.0f%% | %9.2f %7.2f %4.0f%%\n", p.model, p.name, p.n_in,
                p.n_out, us_gemv, bw_gemv / 1e12, 100 * bw_gemv / copy_bw, us_lt, bw_lt / 1e12,

@@ -10,9 +10,9 @@
 #include <cuda_runtime_api.h>
 #include <stdint.h>
 
+#include "cuda/cuda_ok.h"
 #include "cuda/cuda_scan.h"
 #include "model/ops.h"
-#include "cuda/cuda_ok.h"
 #include "rng.h"
 #include "ssm/selective_scan.h"
 #include "test.h"

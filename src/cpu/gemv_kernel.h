@@ -151,7 +151,8 @@ rows_bf16dot_n(const char *bytes, size_t row_bytes, int nr, const uint16_t *xb, 
     }
     if (c < cols) {
         vbw w[2];
-        for (int j = 0; j < nr; j++) w[j] = vbw_load_part((const uint16_t *)(bytes + j * row_bytes) + c, cols - c);
+        for (int j = 0; j < nr; j++)
+            w[j] = vbw_load_part((const uint16_t *)(bytes + j * row_bytes) + c, cols - c);
         for (int i = 0; i < n; i++) {
             const vbw xi = vbw_load_part(xb + (size_t)i * ldb + c, cols - c);
             for (int j = 0; j < nr; j++) acc[j][i] = vfw_dot_bf16(acc[j][i], w[j], xi);
