@@ -115,13 +115,6 @@ static int json_uint(const cJSON *v, uint64_t *out) {
     return 0;
 }
 
-static void format_shape(char *buf, size_t cap, int ndim, const int64_t *shape) {
-    size_t k = (size_t)snprintf(buf, cap, "[");
-    for (int i = 0; i < ndim && k < cap; i++)
-        k += (size_t)snprintf(buf + k, cap - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
-    if (k < cap) snprintf(buf + k, cap - k, "]");
-}
-
 /* ---- reading ----------------------------------------------------------- */
 
 static int parse_dtype(const char *s, cm_dtype *out) {
@@ -171,7 +164,7 @@ static int parse_entry(const char *path, const cJSON *item, size_t data_len, ent
         overflow |= cm_mul_size(nbytes, (size_t)dim, &nbytes);
     }
     char shp[CM_MAX_DIMS * 20 + 8];
-    format_shape(shp, sizeof shp, e->ndim, e->shape);
+    cm_shape_format(shp, sizeof shp, e->ndim, e->shape);
     if (overflow) return cm_fail(err, "%s: %s: the size of shape %s overflows", path, what, shp);
 
     const cJSON *offs = cJSON_GetObjectItemCaseSensitive(item, "data_offsets");

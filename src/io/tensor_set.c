@@ -3,6 +3,7 @@
  * so neither lookups nor duplicate checks may be quadratic). The set owns
  * the memory the tensors point into: mappings and malloc'ed buffers. */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -42,6 +43,13 @@ size_t cm_dtype_size(cm_dtype dt) { return (unsigned)dt < CM_DT_COUNT ? dtypes[d
 
 const char *cm_dtype_name(cm_dtype dt) {
     return (unsigned)dt < CM_DT_COUNT ? dtypes[dt].name : "?";
+}
+
+void cm_shape_format(char *buf, size_t cap, int ndim, const int64_t *shape) {
+    size_t k = (size_t)snprintf(buf, cap, "[");
+    for (int i = 0; i < ndim && k < cap; i++)
+        k += (size_t)snprintf(buf + k, cap - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (k < cap) snprintf(buf + k, cap - k, "]");
 }
 
 cm_tensor_set *cm_tensor_set_new(cmamba_error *err) {

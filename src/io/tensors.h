@@ -19,6 +19,8 @@ typedef enum {
 
 size_t cm_dtype_size(cm_dtype dt);
 const char *cm_dtype_name(cm_dtype dt); /* safetensors spelling: "F32", ... */
+/* "[d0, d1, ...]" into buf, cut short at cap bytes */
+void cm_shape_format(char *buf, size_t cap, int ndim, const int64_t *shape);
 
 typedef struct {
     const char *name;

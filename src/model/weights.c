@@ -71,21 +71,14 @@ static int to_huge_pages(cmamba_model *m, cm_matrix *w, cmamba_error *err) {
     return 0;
 }
 
-static void format_shape(char *buf, size_t cap, int ndim, const int64_t *shape) {
-    size_t k = (size_t)snprintf(buf, cap, "[");
-    for (int i = 0; i < ndim && k < cap; i++)
-        k += (size_t)snprintf(buf + k, cap - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
-    if (k < cap) snprintf(buf + k, cap - k, "]");
-}
-
 /* t has the shape (ndim, shape) or an error naming what it has instead */
 static int check_shape(const cm_tensor *t, int ndim, const int64_t *shape, cmamba_error *err) {
     int same = t->ndim == ndim;
     for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
     if (same) return 0;
     char want[128], got[128];
-    format_shape(want, sizeof want, ndim, shape);
-    format_shape(got, sizeof got, t->ndim, t->shape);
+    cm_shape_format(want, sizeof want, ndim, shape);
+    cm_shape_format(got, sizeof got, t->ndim, t->shape);
     return cm_fail(err, "%s: tensor '%s' has shape %s, expected %s", t->file, t->name, got, want);
 }
 
