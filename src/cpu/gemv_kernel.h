@@ -18,9 +18,13 @@
  * for several inputs at once (rows_quant_n), prepared chunks vq and int32
  * lanes vi: prep_chunks, vi_bias, dot_prep, vi_to_vf, QW chunks a vq;
  *
+ * for the dense products of several inputs, optionally (CM_GEMV_WIDE) a
+ * wider fp32 vector vd of VD lanes: vd_zero, vd_load, vd_bf16, vd_fma,
+ * vd_add, vd_sum, as vf's (vf itself where the set has none);
+ *
  * with CM_GEMV_BF16DOT, for bf16 rows and inputs rounded to bf16 (the
- * caller's xb): vbw (VBW bf16 values), vfw (their fp32 sums), vbw_load(p),
- * vbw_load_part(p, n), vfw_zero(), vfw_dot_bf16(acc, w, x), vfw_sum;
+ * caller's xb): vbw (VBW bf16 values), vbw_load(p), vbw_load_part(p, n),
+ * vd_dot_bf16(acc, w, x) into a vd;
  *
  * and CM_GEMV_NAME, the function to define. A weight row streams from
  * memory once per product, so the loops keep the work per byte small: a
@@ -34,6 +38,17 @@
 
 #ifndef CM_GEMV_BF16DOT
 #define CM_GEMV_BF16DOT 0
+#endif
+
+#ifndef CM_GEMV_WIDE
+enum { VD = 8 };
+typedef vf vd;
+static inline vd vd_zero(void) { return vf_zero(); }
+static inline vd vd_load(const float *p) { return vf_load(p); }
+static inline vd vd_bf16(const uint16_t *p) { return vf_bf16(p); }
+static inline vd vd_fma(vd a, vd b, vd c) { return vf_fma(a, b, c); }
+static inline vd vd_add(vd a, vd b) { return vf_add(a, b); }
+static inline float vd_sum(vd a) { return vf_sum(a); }
 #endif
 
 /* Weight rows are fetched this far ahead in software, into every cache
@@ -63,25 +78,26 @@ enum { MULTI_PREFETCH = 4096 };
 /* W[r]·x for f32 (bf16 = 0) or bf16 rows, the bf16 weights widened for
  * FMAs (with CM_GEMV_BF16DOT, bf16 rows go to rows_bf16dot_n instead).
  * Four accumulators: a chain of FMAs waits their latency at every step,
- * and one chain per 8 weights would bound a row at a few weights per
- * cycle, below memory's pace. */
+ * and one chain per vector would bound a row at a few weights per cycle,
+ * below memory's pace. */
 static inline float row_dense(const void *row, const float *x, int n, int bf16) {
     const float *wf = row;
     const uint16_t *wh = row;
     const int esize = bf16 ? 2 : 4;
-#define MAC(a, i) vf_fma(bf16 ? vf_bf16(wh + (i)) : vf_load(wf + (i)), vf_load(x + (i)), a)
-    vf a0 = vf_zero(), a1 = vf_zero(), a2 = vf_zero(), a3 = vf_zero();
+#define MAC(a, i) vd_fma(bf16 ? vd_bf16(wh + (i)) : vd_load(wf + (i)), vd_load(x + (i)), a)
+    vd a0 = vd_zero(), a1 = vd_zero(), a2 = vd_zero(), a3 = vd_zero();
     int i = 0;
-    for (; i + 32 <= n; i += 32) {
-        prefetch_weights((const char *)row + (size_t)i * esize, 32 * esize);
+    for (; i + 4 * VD <= n; i += 4 * VD) {
+        prefetch_weights((const char *)row + (size_t)i * esize, 4 * VD * esize);
         a0 = MAC(a0, i);
-        a1 = MAC(a1, i + 8);
-        a2 = MAC(a2, i + 16);
-        a3 = MAC(a3, i + 24);
+        a1 = MAC(a1, i + VD);
+        a2 = MAC(a2, i + 2 * VD);
+        a3 = MAC(a3, i + 3 * VD);
     }
-    for (; i + 8 <= n; i += 8) a0 = MAC(a0, i);
+    for (; i + VD <= n; i += VD) a0 = MAC(a0, i);
 #undef MAC
-    float s = vf_sum(vf_add(vf_add(a0, a1), vf_add(a2, a3)));
+    a0 = vd_add(vd_add(a0, a1), vd_add(a2, a3));
+    float s = vd_sum(a0);
     for (; i < n; i++) s += (bf16 ? cm_bf16_to_f32(wh[i]) : wf[i]) * x[i];
     return s;
 }
@@ -131,9 +147,9 @@ static inline float row_quant(const uint8_t *w, const uint16_t *s, const cm_xqua
 static inline __attribute__((always_inline)) void
 rows_bf16dot_n(const char *bytes, size_t row_bytes, int nr, const uint16_t *xb, int ldb, int cols,
                int n, float out[][CM_GEMV_MAX_N]) {
-    vfw acc[2][CM_GEMV_MAX_N];
+    vd acc[2][CM_GEMV_MAX_N];
     for (int j = 0; j < nr; j++)
-        for (int i = 0; i < n; i++) acc[j][i] = vfw_zero();
+        for (int i = 0; i < n; i++) acc[j][i] = vd_zero();
     /* whole steps, then the masked last: one loop body with both kinds of
      * load had GCC store the accumulators to the stack at every step */
     int c = 0;
@@ -146,7 +162,7 @@ rows_bf16dot_n(const char *bytes, size_t row_bytes, int nr, const uint16_t *xb, 
         }
         for (int i = 0; i < n; i++) {
             const vbw xi = vbw_load(xb + (size_t)i * ldb + c);
-            for (int j = 0; j < nr; j++) acc[j][i] = vfw_dot_bf16(acc[j][i], w[j], xi);
+            for (int j = 0; j < nr; j++) acc[j][i] = vd_dot_bf16(acc[j][i], w[j], xi);
         }
     }
     if (c < cols) {
@@ -155,11 +171,11 @@ rows_bf16dot_n(const char *bytes, size_t row_bytes, int nr, const uint16_t *xb, 
             w[j] = vbw_load_part((const uint16_t *)(bytes + j * row_bytes) + c, cols - c);
         for (int i = 0; i < n; i++) {
             const vbw xi = vbw_load_part(xb + (size_t)i * ldb + c, cols - c);
-            for (int j = 0; j < nr; j++) acc[j][i] = vfw_dot_bf16(acc[j][i], w[j], xi);
+            for (int j = 0; j < nr; j++) acc[j][i] = vd_dot_bf16(acc[j][i], w[j], xi);
         }
     }
     for (int j = 0; j < nr; j++)
-        for (int i = 0; i < n; i++) out[j][i] = vfw_sum(acc[j][i]);
+        for (int i = 0; i < n; i++) out[j][i] = vd_sum(acc[j][i]);
 }
 #endif
 
@@ -170,7 +186,8 @@ rows_bf16dot_n(const char *bytes, size_t row_bytes, int nr, const uint16_t *xb, 
  * chains. With CM_GEMV_BF16DOT, bf16 rows go to rows_bf16dot_n: on Zen 4
  * its dot products of pairs (then 16 columns a step) did at 8 inputs 1.4
  * times the multiply-adds per second of widening the weights for FMAs
- * (one thread, mamba-130m's in_proj). */
+ * (one thread, mamba-130m's in_proj); on Emerald Rapids, 0.8 times
+ * widening onto 512-bit vectors. */
 static inline __attribute__((always_inline)) void
 rows_dense_n(const void *row, size_t row_bytes, int nr, const float *x, int ld,
              const uint16_t *xb, int ldb, int cols, int bf16, int n, float out[][CM_GEMV_MAX_N]) {
@@ -183,10 +200,10 @@ rows_dense_n(const void *row, size_t row_bytes, int nr, const float *x, int ld,
 #else
     (void)xb, (void)ldb;
 #endif
-    const int esize = bf16 ? 2 : 4, step = 8;
-    vf acc[2][CM_GEMV_MAX_N];
+    const int esize = bf16 ? 2 : 4, step = VD;
+    vd acc[2][CM_GEMV_MAX_N];
     for (int j = 0; j < nr; j++)
-        for (int i = 0; i < n; i++) acc[j][i] = vf_zero();
+        for (int i = 0; i < n; i++) acc[j][i] = vd_zero();
     int c = 0;
     for (; c + step <= cols; c += step) {
         const char *p[2];
@@ -194,19 +211,19 @@ rows_dense_n(const void *row, size_t row_bytes, int nr, const float *x, int ld,
             p[j] = bytes + j * row_bytes + (size_t)c * esize;
             if (c * esize % 64 == 0) __builtin_prefetch(p[j] + MULTI_PREFETCH, 0, 3);
         }
-        vf w[2];
+        vd w[2];
         for (int j = 0; j < nr; j++)
-            w[j] = bf16 ? vf_bf16((const uint16_t *)p[j]) : vf_load((const float *)p[j]);
+            w[j] = bf16 ? vd_bf16((const uint16_t *)p[j]) : vd_load((const float *)p[j]);
         for (int i = 0; i < n; i++) {
-            const vf xi = vf_load(x + (size_t)i * ld + c);
-            for (int j = 0; j < nr; j++) acc[j][i] = vf_fma(w[j], xi, acc[j][i]);
+            const vd xi = vd_load(x + (size_t)i * ld + c);
+            for (int j = 0; j < nr; j++) acc[j][i] = vd_fma(w[j], xi, acc[j][i]);
         }
     }
     for (int j = 0; j < nr; j++) {
         const float *wf = (const float *)(bytes + j * row_bytes);
         const uint16_t *wh = (const uint16_t *)(bytes + j * row_bytes);
         for (int i = 0; i < n; i++) {
-            float s = vf_sum(acc[j][i]);
+            float s = vd_sum(acc[j][i]);
             for (int k = c; k < cols; k++)
                 s += (bf16 ? cm_bf16_to_f32(wh[k]) : wf[k]) * x[(size_t)i * ld + k];
             out[j][i] = s;

@@ -280,9 +280,25 @@ int cm_isa_supported(cm_isa isa) {
 #endif
 }
 
+/* AVX-512 BF16's dot products run at half the rate of FMAs on Intel's
+ * cores (Emerald Rapids: 0.5 vdpbf16ps a cycle, 2 FMAs), where widening
+ * the weights for 512-bit FMAs does more multiply-adds a second (8 inputs
+ * of mamba-130m's in_proj, one thread: 128 against 101 GFLOP/s); on AMD's
+ * Zen 4 they did 1.4 times the multiply-adds of widening (docs/performance.md).
+ * So on Intel avx512bf16 is taken only when CMAMBA_ISA names it. */
+static int bf16_dots_slow(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel");
+#else
+    return 0;
+#endif
+}
+
 static void isa_init(void) {
     const char *want = getenv("CMAMBA_ISA");
     int cap = CM_ISA_COUNT - 1;
+    if (bf16_dots_slow()) cap = CM_ISA_AVX512;
     for (int i = 0; want && i < CM_ISA_COUNT; i++)
         if (!strcmp(want, isa_names[i])) cap = i;
     while (cap > 0 && !cm_isa_supported((cm_isa)cap)) cap--;
@@ -361,13 +377,15 @@ static void quantize_input(const float *x, int cols, int nblk, int8_t *q, float 
 
 /* The inputs of a product by the GEMV kernels: n ≤ CM_GEMV_MAX_N rows of
  * `in`, quantised for q8/q4 or rounded to bf16 for bf16 under avx512bf16
- * (on the stack up to XQ_STACK_COLS columns, else on the heap). */
+ * (on the stack up to XQ_STACK_COLS columns, else on the heap), or for
+ * f32 and widened bf16 rows, copied to rows 64-byte aligned (below). */
 typedef struct {
     cm_gemv_args a;
     cm_xquant xq[CM_GEMV_MAX_N];
     union {
         _Alignas(64) int8_t q_stack[CM_GEMV_MAX_N][XQ_STACK_COLS];
         uint16_t b_stack[CM_GEMV_MAX_N][XQ_STACK_COLS];
+        float f_stack[CM_GEMV_MAX_N * XQ_STACK_COLS];
     };
     float s_stack[CM_GEMV_MAX_N][XQ_STACK_COLS / CM_QBLOCK];
     int32_t u_stack[CM_GEMV_MAX_N][XQ_STACK_COLS / CM_QBLOCK];
@@ -376,6 +394,18 @@ typedef struct {
 
 static int bf16_inputs(cm_wtype t, cm_isa isa) {
     return t == CM_WT_BF16 && isa == CM_ISA_AVX512BF16;
+}
+
+/* Several f32 inputs of dense rows meet them on 512-bit vectors under
+ * AVX-512 (gemv_x86.h), and a 512-bit load that straddles two cache lines
+ * costs two: inputs not 64-byte aligned, or rows not 64 bytes apart, are
+ * copied to rows that are (mamba-130m's in_proj, 512 rows of it in L2, 8
+ * inputs, one thread: 71 → 120 GFLOP/s for f32). */
+static void align_inputs(gemv_inputs *g, const float *in, int ld_in, int cols) {
+    const int ld = (cols + 15) / 16 * 16;
+    if (cols > XQ_STACK_COLS || ((uintptr_t)in % 64 == 0 && ld_in % 16 == 0)) return;
+    for (int i = 0; i < g->a.n; i++) memcpy(g->f_stack + (size_t)i * ld, in + (size_t)i * ld_in, sizeof(float) * cols);
+    g->a.x = g->f_stack, g->a.ld_x = ld;
 }
 
 /* -1 when a long input finds no memory to be quantised into */
@@ -397,7 +427,10 @@ static int gemv_prepare(gemv_inputs *g, float *out, const float *in, int ld_in, 
         g->a.xb = xb, g->a.ld_xb = cols;
         return 0;
     }
-    if (!quantised(W->type)) return 0;
+    if (!quantised(W->type)) {
+        if (n > 1 && cm_isa_active() >= CM_ISA_AVX512) align_inputs(g, in, ld_in, W->cols);
+        return 0;
+    }
     const int P = cm_matrix_stored_cols(W->type, W->cols), nblk = P / CM_QBLOCK;
     for (int i = 0; i < n; i++) {
         int8_t *q = g->q_stack[i];
