@@ -226,9 +226,21 @@ __global__ void __launch_bounds__(UPD_BLOCK) update_kernel(const StepArgs a, int
     const int cl = threadIdx.x / ts, n0 = threadIdx.x % ts * SPT, c = c0 + cl;
     const bool live = cl < nch, vec = N % SPT == 0 && n0 < N;
     pdl_launch_dependents();
-    /* weights first: they need nothing of the previous kernels */
-    const T *w = (const T *)a.dt_proj_w + (size_t)c0 * R;
-    for (int i = threadIdx.x; i < nch * R; i += UPD_BLOCK) wdt[i / R * RS + i % R] = to_f(w[i]);
+    /* weights first: they need nothing of the previous kernels. Element i
+     * is row i / R, column i % R; the thread's row and column advance by
+     * UPD_BLOCK without a division, which for every element (R a run-time
+     * value) had made this loop most of the kernel's instructions. */
+    {
+        const T *w = (const T *)a.dt_proj_w + (size_t)c0 * R;
+        const int dr = UPD_BLOCK / R, dk = UPD_BLOCK % R;
+        int r = threadIdx.x / R, k = threadIdx.x % R;
+#pragma unroll 4
+        for (int i = threadIdx.x; i < nch * R; i += UPD_BLOCK) {
+            wdt[r * RS + k] = to_f(w[i]);
+            r += dr, k += dk;
+            if (k >= R) r++, k -= R;
+        }
+    }
     float A[SPT] = {}, Dc = 0.f;
     if (live) {
 #pragma unroll
