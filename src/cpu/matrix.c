@@ -385,7 +385,7 @@ typedef struct {
     union {
         _Alignas(64) int8_t q_stack[CM_GEMV_MAX_N][XQ_STACK_COLS];
         uint16_t b_stack[CM_GEMV_MAX_N][XQ_STACK_COLS];
-        float f_stack[CM_GEMV_MAX_N * XQ_STACK_COLS];
+        float f_stack[CM_GEMV_MAX_N * XQ_STACK_COLS / 2]; /* no larger than b_stack */
     };
     float s_stack[CM_GEMV_MAX_N][XQ_STACK_COLS / CM_QBLOCK];
     int32_t u_stack[CM_GEMV_MAX_N][XQ_STACK_COLS / CM_QBLOCK];
@@ -399,12 +399,14 @@ static int bf16_inputs(cm_wtype t, cm_isa isa) {
 /* Several f32 inputs of dense rows meet them on 512-bit vectors under
  * AVX-512 (gemv_x86.h), and a 512-bit load that straddles two cache lines
  * costs two: inputs not 64-byte aligned, or rows not 64 bytes apart, are
- * copied to rows that are (mamba-130m's in_proj, 512 rows of it in L2, 8
- * inputs, one thread: 71 → 120 GFLOP/s for f32). */
+ * copied to rows that are, where they fit in the stack's room for bf16
+ * inputs (mamba-130m's in_proj, 512 rows of it in L2, 8 inputs, one
+ * thread: 71 → 120 GFLOP/s for f32). */
 static void align_inputs(gemv_inputs *g, const float *in, int ld_in, int cols) {
-    const int ld = (cols + 15) / 16 * 16;
-    if (cols > XQ_STACK_COLS || ((uintptr_t)in % 64 == 0 && ld_in % 16 == 0)) return;
-    for (int i = 0; i < g->a.n; i++) memcpy(g->f_stack + (size_t)i * ld, in + (size_t)i * ld_in, sizeof(float) * cols);
+    const int n = g->a.n, ld = (cols + 15) / 16 * 16;
+    const size_t room = sizeof g->f_stack / sizeof *g->f_stack;
+    if ((size_t)n * ld > room || ((uintptr_t)in % 64 == 0 && ld_in % 16 == 0)) return;
+    for (int i = 0; i < n; i++) memcpy(g->f_stack + (size_t)i * ld, in + (size_t)i * ld_in, sizeof(float) * cols);
     g->a.x = g->f_stack, g->a.ld_x = ld;
 }
 
