@@ -406,7 +406,8 @@ static void align_inputs(gemv_inputs *g, const float *in, int ld_in, int cols) {
     const int n = g->a.n, ld = (cols + 15) / 16 * 16;
     const size_t room = sizeof g->f_stack / sizeof *g->f_stack;
     if ((size_t)n * ld > room || ((uintptr_t)in % 64 == 0 && ld_in % 16 == 0)) return;
-    for (int i = 0; i < n; i++) memcpy(g->f_stack + (size_t)i * ld, in + (size_t)i * ld_in, sizeof(float) * cols);
+    for (int i = 0; i < n; i++)
+        memcpy(g->f_stack + (size_t)i * ld, in + (size_t)i * ld_in, sizeof(float) * cols);
     g->a.x = g->f_stack, g->a.ld_x = ld;
 }
 
