@@ -101,8 +101,8 @@ int cm_matmul_rows(float *out, int ld_out, const float *in, int ld_in, const cm_
  * available below it if the CPU lacks it. avx2 needs AVX2 and FMA (and
  * F16C, which every CPU with both has); avx512 additionally AVX-512
  * F/BW/VL and VNNI; avx512bf16 also AVX-512 BF16, whose dot products it
- * uses for bf16 weights, rounding the inputs of those products to bf16 (as llama.cpp
- * does): |Δ| ≤ Σ|w|·|x − bf16(x)| ≤ 2⁻⁹·Σ|w·x| beyond the fp32 product. */
+ * uses for bf16 weights, rounding the inputs of those products to bf16
+ * (as llama.cpp does): |Δ| ≤ Σ|w|·|x − bf16(x)| ≤ 2⁻⁹·Σ|w·x| beyond the fp32 product. */
 typedef enum { CM_ISA_SCALAR, CM_ISA_AVX2, CM_ISA_AVX512, CM_ISA_AVX512BF16, CM_ISA_COUNT } cm_isa;
 
 const char *cm_isa_name(cm_isa isa);
