@@ -18,8 +18,8 @@
  * for several inputs at once (rows_quant_n), prepared chunks vq and int32
  * lanes vi: prep_chunks, vi_bias, dot_prep, vi_to_vf, QW chunks a vq;
  *
- * for the dense products of several inputs, optionally (CM_GEMV_WIDE) a
- * wider fp32 vector vd of VD lanes: vd_zero, vd_load, vd_bf16, vd_fma,
+ * for the f32 and bf16 rows, optionally (CM_GEMV_WIDE) a wider fp32
+ * vector vd of VD lanes: vd_zero, vd_load, vd_bf16, vd_fma,
  * vd_add, vd_sum, as vf's (vf itself where the set has none);
  *
  * with CM_GEMV_BF16DOT, for bf16 rows and inputs rounded to bf16 (the

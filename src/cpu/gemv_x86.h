@@ -1,13 +1,12 @@
 /* The GEMV kernel's primitives on x86 (gemv_kernel.h lists them), for
- * gemv_avx2.c and gemv_avx512.c: 256-bit vectors in both, since a
- * memory-bound loop gains nothing from wider ones (and on AMD's Zen 4 a
- * 512-bit operation costs two 256-bit ones), but for the dense products
- * of several inputs under AVX-512 (vd, below). They differ in the integer
- * dot product: with CM_GEMV_VNNI, AVX-512 VNNI's vpdpbusd (unsigned ×
- * signed bytes, four per 32-bit lane) in one instruction; without,
- * AVX2's vpmaddubsw then vpmaddwd. CM_GEMV_BF16DOT adds AVX-512 BF16's
- * dot product for bf16 weights with inputs rounded to bf16. The including file sets the target
- * instruction set for everything after this header's includes. */
+ * gemv_avx2.c and gemv_avx512.c: 256-bit vectors (vf) in both, but for
+ * the f32 and bf16 rows under AVX-512, which run on 512-bit ones (vd,
+ * below). They differ in the integer dot product: with CM_GEMV_VNNI,
+ * AVX-512 VNNI's vpdpbusd (unsigned × signed bytes, four per 32-bit lane)
+ * in one instruction; without, AVX2's vpmaddubsw then vpmaddwd.
+ * CM_GEMV_BF16DOT adds AVX-512 BF16's dot product for bf16 weights with
+ * inputs rounded to bf16. The including file sets the target instruction
+ * set for everything after this header's includes. */
 #include <immintrin.h>
 #include <stdint.h>
 
@@ -58,12 +57,14 @@ static inline vf vf_bf16(const uint16_t *p) {
 }
 
 #if CM_GEMV_VNNI
-/* The products of several f32 or bf16 inputs are bound by multiply-adds,
- * not memory, so on AVX-512 they run on 512-bit vectors (vd): twice the
- * work per instruction on Intel's cores, which have two 512-bit FMA units
- * (Emerald Rapids, one thread, mamba-130m's in_proj at 8 inputs aligned
- * as matrix.c's align_inputs makes them: f32 1.6x, bf16 widened 1.8x the
- * 256-bit loop's rate), and no slower on Zen 4, which splits them in two. */
+/* The f32 and bf16 rows on AVX-512 run on 512-bit vectors (vd): twice the
+ * work per instruction on Intel's cores, which have two 512-bit FMA units.
+ * With several inputs the products are bound by multiply-adds (Emerald
+ * Rapids, one thread, mamba-130m's in_proj at 8 inputs aligned as
+ * matrix.c's align_inputs makes them: f32 1.6x, bf16 widened 1.8x the
+ * 256-bit loop's rate); with one, fewer instructions per byte brought the
+ * stream closer to memory's pace (docs/performance.md). On Zen 4, which
+ * splits them in two, they cost what two 256-bit ones do. */
 #define CM_GEMV_WIDE 1
 enum { VD = 16 };
 typedef __m512 vd;
