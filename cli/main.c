@@ -1,10 +1,12 @@
 /* cmamba: one binary, one subcommand per job. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cmamba.h"
 #include "commands.h"
 #include "cpu/blas.h"
+#include "cpu/matrix.h"
 
 static const struct {
     const char *name;
@@ -32,6 +34,11 @@ static void usage(FILE *out) {
 
 int main(int argc, char **argv) {
     cm_blas_use_cpu_kernels(argv);
+    const char *isa = getenv("CMAMBA_ISA");
+    if (isa && cm_isa_from_name(isa) < 0) {
+        fprintf(stderr, "cmamba: CMAMBA_ISA='%s': not one of scalar, avx2, avx512, avx512bf16\n", isa);
+        return 2;
+    }
     if (argc < 2) {
         usage(stderr);
         return 2;
@@ -41,8 +48,8 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(argv[1], "--version")) {
-        printf("cmamba %s (backends: %s; OpenBLAS kernels: %s)\n", CMAMBA_VERSION,
-               cmamba_backends(), cm_blas_kernels());
+        printf("cmamba %s (backends: %s; OpenBLAS kernels: %s; GEMV kernels: %s)\n",
+               CMAMBA_VERSION, cmamba_backends(), cm_blas_kernels(), cm_isa_name(cm_isa_active()));
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)

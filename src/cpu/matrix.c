@@ -261,6 +261,12 @@ static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
 
 const char *cm_isa_name(cm_isa isa) { return (unsigned)isa < CM_ISA_COUNT ? isa_names[isa] : "?"; }
 
+int cm_isa_from_name(const char *name) {
+    for (int i = 0; i < CM_ISA_COUNT; i++)
+        if (!strcmp(name, isa_names[i])) return i;
+    return -1;
+}
+
 int cm_isa_supported(cm_isa isa) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
@@ -299,8 +305,10 @@ static void isa_init(void) {
     const char *want = getenv("CMAMBA_ISA");
     int cap = CM_ISA_COUNT - 1;
     if (bf16_dots_slow()) cap = CM_ISA_AVX512;
-    for (int i = 0; want && i < CM_ISA_COUNT; i++)
-        if (!strcmp(want, isa_names[i])) cap = i;
+    if (want && cm_isa_from_name(want) >= 0) cap = cm_isa_from_name(want);
+    else if (want)
+        fprintf(stderr, "cmamba: CMAMBA_ISA='%s' is not scalar, avx2, avx512 or avx512bf16; ignored\n",
+                want);
     while (cap > 0 && !cm_isa_supported((cm_isa)cap)) cap--;
     active_isa = (cm_isa)cap;
 }

@@ -98,7 +98,8 @@ int cm_matmul_rows(float *out, int ld_out, const float *in, int ld_in, const cm_
  * at the first product, but for avx512bf16 on Intel's CPUs, whose bf16 dot
  * products are slower than widening (matrix.c); the environment variable
  * CMAMBA_ISA (scalar, avx2, avx512 or avx512bf16) names the set, the best
- * available below it if the CPU lacks it. avx2 needs AVX2 and FMA (and
+ * available below it if the CPU lacks it (an unknown name is reported on
+ * stderr once and the default kept; the CLI refuses it). avx2 needs AVX2 and FMA (and
  * F16C, which every CPU with both has); avx512 additionally AVX-512
  * F/BW/VL and VNNI; avx512bf16 also AVX-512 BF16, whose dot products it
  * uses for bf16 weights, rounding the inputs of those products to bf16
@@ -106,6 +107,8 @@ int cm_matmul_rows(float *out, int ld_out, const float *in, int ld_in, const cm_
 typedef enum { CM_ISA_SCALAR, CM_ISA_AVX2, CM_ISA_AVX512, CM_ISA_AVX512BF16, CM_ISA_COUNT } cm_isa;
 
 const char *cm_isa_name(cm_isa isa);
+/* The set a name (as CMAMBA_ISA takes it) names, or -1 if none. */
+int cm_isa_from_name(const char *name);
 int cm_isa_supported(cm_isa isa);
 cm_isa cm_isa_active(void);
 /* Tests: makes isa (if supported) the active set; returns the active set. */

@@ -92,6 +92,7 @@ expect n-not-a-number "-n" -- "$bin" generate --model "$T/good" --ids 1 -n lots
 expect temperature-negative "temperature" -- "$bin" generate --model "$T/good" --ids 1 --temperature -1
 expect logits-unwritable "cannot create" -- "$bin" forward --model "$T/good" --ids 1 --logits "$T/no/such/dir/l.bin"
 expect unknown-option "--frobnicate" -- "$bin" forward --frobnicate
+expect isa-unknown "CMAMBA_ISA" -- env CMAMBA_ISA=avx3 "$bin" forward --model "$T/good" --ids 1 --logits "$T/l.bin"
 # quantised checkpoints (cmamba quantize): every disagreement with the
 # layout of docs/formats.md is one line naming the file and the tensor
 "$bin" quantize --model "$T/good" --dtype q8 --out "$T/goodq8" || exit 1
