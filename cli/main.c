@@ -35,7 +35,7 @@ static void usage(FILE *out) {
 int main(int argc, char **argv) {
     cm_blas_use_cpu_kernels(argv);
     const char *isa = getenv("CMAMBA_ISA");
-    if (isa && cm_isa_from_name(isa) < 0) {
+    if (isa && *isa && cm_isa_from_name(isa) < 0) {
         fprintf(stderr, "cmamba: CMAMBA_ISA='%s': not one of scalar, avx2, avx512, avx512bf16\n", isa);
         return 2;
     }

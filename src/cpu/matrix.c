@@ -306,7 +306,7 @@ static void isa_init(void) {
     int cap = CM_ISA_COUNT - 1;
     if (bf16_dots_slow()) cap = CM_ISA_AVX512;
     if (want && cm_isa_from_name(want) >= 0) cap = cm_isa_from_name(want);
-    else if (want)
+    else if (want && *want)
         fprintf(stderr, "cmamba: CMAMBA_ISA='%s' is not scalar, avx2, avx512 or avx512bf16; ignored\n",
                 want);
     while (cap > 0 && !cm_isa_supported((cm_isa)cap)) cap--;

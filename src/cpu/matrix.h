@@ -97,13 +97,14 @@ int cm_matmul_rows(float *out, int ld_out, const float *in, int ld_in, const cm_
 /* The kernels' instruction sets. The best one the CPU has is chosen once,
  * at the first product, but for avx512bf16 on Intel's CPUs, whose bf16 dot
  * products are slower than widening (matrix.c); the environment variable
- * CMAMBA_ISA (scalar, avx2, avx512 or avx512bf16) names the set, the best
- * available below it if the CPU lacks it (an unknown name is reported on
- * stderr once and the default kept; the CLI refuses it). avx2 needs AVX2 and FMA (and
- * F16C, which every CPU with both has); avx512 additionally AVX-512
- * F/BW/VL and VNNI; avx512bf16 also AVX-512 BF16, whose dot products it
- * uses for bf16 weights, rounding the inputs of those products to bf16
- * (as llama.cpp does): |Δ| ≤ Σ|w|·|x − bf16(x)| ≤ 2⁻⁹·Σ|w·x| beyond the fp32 product. */
+ * CMAMBA_ISA (scalar, avx2, avx512 or avx512bf16; empty means unset) names
+ * the set, the best available below it if the CPU lacks it. An unknown
+ * name is reported on stderr and the default kept; the CLI refuses it.
+ * avx2 needs AVX2 and FMA (and F16C, which every CPU with both has);
+ * avx512 additionally AVX-512 F/BW/VL and VNNI; avx512bf16 also AVX-512
+ * BF16, whose dot products it uses for bf16 weights, rounding the inputs
+ * of those products to bf16 (as llama.cpp does):
+ * |Δ| ≤ Σ|w|·|x − bf16(x)| ≤ 2⁻⁹·Σ|w·x| beyond the fp32 product. */
 typedef enum { CM_ISA_SCALAR, CM_ISA_AVX2, CM_ISA_AVX512, CM_ISA_AVX512BF16, CM_ISA_COUNT } cm_isa;
 
 const char *cm_isa_name(cm_isa isa);
