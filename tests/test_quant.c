@@ -171,6 +171,28 @@ static void test_nonfinite(cm_wtype t) {
 
 /* ---- products ------------------------------------------------------------ */
 
+/* An input with an infinity or a NaN (rows 1 and 2 of 3) gives non-finite
+ * outputs, as the fp32 product does, and leaves the finite input's alone. */
+static void test_nonfinite_input(cm_wtype t, int L) {
+    enum { ROWS = 9, COLS = 768 };
+    float *Wf = malloc(sizeof(float) * ROWS * COLS), in[3 * COLS], out[3 * ROWS];
+    for (int r = 0; r < ROWS; r++) fill_row(Wf + (size_t)r * COLS, COLS, 0);
+    for (int i = 0; i < 3; i++) fill_row(in + i * COLS, COLS, 0);
+    in[COLS + 300] = INFINITY;
+    in[2 * COLS + 700] = NAN;
+    void *q;
+    uint16_t *s;
+    const cm_matrix W = encode(t, ROWS, COLS, Wf, &q, &s);
+    /* L = 1: one input at a time, each through the single-input kernel */
+    for (int i = 0; i < 3; i += L) cm_matmul(out + i * ROWS, in + i * COLS, &W, NULL, L);
+    int ok = 1;
+    for (int r = 0; r < ROWS; r++)
+        ok &= isfinite(out[r]) && !isfinite(out[ROWS + r]) && !isfinite(out[2 * ROWS + r]);
+    CHECK_MSG(ok, "%s %s: non-finite inputs, %d at once", cm_isa_name(cm_isa_active()),
+              cm_wtype_name(t), L);
+    free(Wf); free(q); free(s);
+}
+
 /* [isa][format][GEMV, sgemm, GEMV with an input 30 times the others] */
 static double worst[CM_ISA_COUNT][CM_WT_COUNT][3];
 
@@ -394,6 +416,8 @@ int main(void) {
             test_strided((cm_wtype)t, 5);
             for (int L = 1; L <= 11; L += 5) test_row_range((cm_wtype)t, L);
             test_strided((cm_wtype)t, 65);
+            test_nonfinite_input((cm_wtype)t, 1);
+            test_nonfinite_input((cm_wtype)t, 3);
             printf("%-6s %-4s  max|d|/max|ref|: GEMV %.2e, with an outlier input %.2e (%s); "
                    "sgemm %.2e (tol %.0e)\n", cm_isa_name((cm_isa)isa), cm_wtype_name((cm_wtype)t),
                    worst[isa][t][0], worst[isa][t][2],

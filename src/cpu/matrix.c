@@ -357,13 +357,18 @@ static void quantize_input(const float *x, int cols, int nblk, int8_t *q, float 
             memcpy(pad, v, sizeof(float) * n);
             v = pad;
         }
-        float amax = 0.0f;
-        int finite = 1;
+        /* probe is NaN iff a value is infinite or NaN (v·0): a sum that
+         * vectorises, where a flag and-ed per value had kept the loop scalar */
+        float amax = 0.0f, probe = 0.0f;
+#pragma omp simd reduction(max : amax) reduction(+ : probe)
         for (int i = 0; i < CM_QBLOCK; i++) {
             const float a = fabsf(v[i]);
             amax = a > amax ? a : amax; /* maxps, where fmaxf is a call */
-            finite &= a <= FLT_MAX;
+            probe += v[i] * 0.0f;
         }
+        const int finite = probe == 0.0f;
+        static const float zeros[CM_QBLOCK];
+        if (!finite) v = zeros; /* NaN scale below; no NaN converted to int8 */
         /* |v|·127/amax ≤ 127: no clamping */
         const float inv = finite && amax > 0.0f ? 127.0f / amax : 0.0f;
         int8_t qb[CM_QBLOCK];
