@@ -305,7 +305,8 @@ static void isa_init(void) {
     const char *want = getenv("CMAMBA_ISA");
     int cap = CM_ISA_COUNT - 1;
     if (bf16_dots_slow()) cap = CM_ISA_AVX512;
-    if (want && cm_isa_from_name(want) >= 0) cap = cm_isa_from_name(want);
+    const int named = want && *want ? cm_isa_from_name(want) : -1;
+    if (named >= 0) cap = named;
     else if (want && *want)
         fprintf(stderr, "cmamba: CMAMBA_ISA='%s' is not scalar, avx2, avx512 or avx512bf16; ignored\n",
                 want);

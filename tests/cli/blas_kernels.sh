@@ -10,7 +10,7 @@ gemv() { CMAMBA_ISA=$1 "$bin" --version | sed -n 's/.*GEMV kernels: \([a-z0-9]*\
 if grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then
   [ "$(gemv avx2)" = avx2 ] || { echo "FAIL: CMAMBA_ISA=avx2 gave '$(gemv avx2)'"; exit 1; }
 fi
-echo "GEMV kernels: $(CMAMBA_ISA= "$bin" --version | sed -n 's/.*GEMV kernels: \([a-z0-9]*\).*/\1/p') (CMAMBA_ISA=scalar and avx2 honoured)"
+echo "GEMV kernels: $(gemv '') (CMAMBA_ISA=scalar and avx2 honoured)"
 kernels=$("$bin" --version | sed -n 's/.*OpenBLAS kernels: \([A-Za-z0-9]*\)[;)].*/\1/p')
 echo "OpenBLAS kernels: ${kernels:-none}"
 [ -n "$kernels" ] && [ "$kernels" != none ] || { echo "SKIP: not linked to OpenBLAS"; exit 77; }
